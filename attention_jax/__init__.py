@@ -1,0 +1,1 @@
+"""attention_jax: attention mechanisms for neural machine translation in JAX."""

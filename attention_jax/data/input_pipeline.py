@@ -1,0 +1,88 @@
+"""From a TFDS translation dataset to tokenised pairs and a vocabulary."""
+
+import dataclasses
+import os
+import shutil
+
+from absl import logging
+import ml_collections
+import numpy as np
+import sentencepiece as spm
+
+from attention_jax.data import corpora
+from attention_jax.data import tokenizer
+
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslationData:
+  """Tokenised splits; `*_text` keep the raw sentences for BLEU."""
+
+  tokenizer: spm.SentencePieceProcessor
+  train: list[Pair]
+  valid: list[Pair]
+  valid_text: list[tuple[str, str]]
+  test_text: list[tuple[str, str]]
+
+
+def encode(sp: spm.SentencePieceProcessor, texts: list[str]) -> list[np.ndarray]:
+  """Token ids with EOS appended, as int32 arrays."""
+  return [
+      np.asarray(ids + [tokenizer.EOS_ID], np.int32) for ids in sp.encode(texts)
+  ]
+
+
+def tokenize_pairs(
+    sp: spm.SentencePieceProcessor,
+    pairs: list[tuple[str, str]],
+    max_len: int,
+) -> list[Pair]:
+  """Tokenises pairs and drops those longer than `max_len` on either side."""
+  sources = encode(sp, [s for s, _ in pairs])
+  targets = encode(sp, [t for _, t in pairs])
+  kept = [
+      (s, t)
+      for s, t in zip(sources, targets)
+      if len(s) <= max_len and len(t) <= max_len
+  ]
+  if len(kept) < len(pairs):
+    logging.info(
+        'Dropped %d of %d pairs longer than max_len=%d tokens.',
+        len(pairs) - len(kept), len(pairs), max_len,
+    )
+  return kept
+
+
+def load(data_config: ml_collections.ConfigDict, workdir: str) -> TranslationData:
+  """Prepares the dataset and vocabulary if needed, and tokenises the splits.
+
+  The vocabulary is trained on the training split only, stored beside the
+  prepared dataset for reuse by later runs, and copied into the workdir so
+  that translation needs nothing but the workdir.
+  """
+  data_dir = os.path.expanduser(data_config.data_dir)
+  splits = corpora.load_splits(data_config, data_dir)
+  vocab_path = os.path.join(
+      data_dir,
+      'vocab',
+      f'{data_config.dataset}_{data_config.source}{data_config.target}'
+      f'_{data_config.vocab_size}.model',
+  )
+  sp = tokenizer.train_or_load(
+      (text for pair in splits['train'] for text in pair),
+      data_config.vocab_size,
+      vocab_path,
+  )
+  workdir_vocab = os.path.join(workdir, 'vocab.model')
+  if not os.path.exists(workdir_vocab):
+    os.makedirs(workdir, exist_ok=True)
+    shutil.copyfile(vocab_path, workdir_vocab + '.tmp')
+    os.replace(workdir_vocab + '.tmp', workdir_vocab)
+  return TranslationData(
+      tokenizer=sp,
+      train=tokenize_pairs(sp, splits['train'], data_config.max_len),
+      valid=tokenize_pairs(sp, splits['validation'], data_config.max_len),
+      valid_text=splits['validation'],
+      test_text=splits['test'],
+  )

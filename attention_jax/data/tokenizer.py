@@ -1,0 +1,49 @@
+"""A joint sentencepiece vocabulary, trained once on the training split."""
+
+import os
+import tempfile
+from typing import Iterable
+
+from absl import logging
+import sentencepiece as spm
+
+PAD_ID = 0
+EOS_ID = 1
+UNK_ID = 2
+
+
+def train_or_load(
+    texts: Iterable[str], vocab_size: int, model_path: str
+) -> spm.SentencePieceProcessor:
+  """Loads `model_path`, or trains a unigram model on `texts` and saves it.
+
+  Args:
+    texts: training sentences of both languages (only read when training).
+    vocab_size: number of pieces, including padding, EOS and unknown.
+    model_path: where the `.model` file lives; it is written atomically so a
+      run killed while training never leaves a truncated vocabulary behind.
+
+  Returns:
+    The loaded processor.
+  """
+  if not os.path.exists(model_path):
+    os.makedirs(os.path.dirname(model_path) or '.', exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(model_path)) as tmp:
+      prefix = os.path.join(tmp, 'spm')
+      logging.info('Training a %d-piece sentencepiece model.', vocab_size)
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=iter(texts),
+          model_prefix=prefix,
+          vocab_size=vocab_size,
+          model_type='unigram',
+          character_coverage=1.0,
+          pad_id=PAD_ID,
+          eos_id=EOS_ID,
+          unk_id=UNK_ID,
+          bos_id=-1,
+          # Keeps the trainer deterministic and quiet.
+          num_threads=1,
+          minloglevel=2,
+      )
+      os.replace(prefix + '.model', model_path)
+  return spm.SentencePieceProcessor(model_file=model_path)

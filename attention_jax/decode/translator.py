@@ -1,0 +1,104 @@
+"""Beam-search translation of token batches with a trained Transformer."""
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+import numpy as np
+import sentencepiece as spm
+
+from attention_jax.data import batches
+from attention_jax.data import tokenizer
+from attention_jax.decode import beam_search
+from attention_jax.model.config import TransformerConfig
+from attention_jax.model.transformer import Transformer
+from attention_jax.train import sharding
+
+
+def predict(
+    params,
+    inputs_BxS,
+    *,
+    cfg: TransformerConfig,
+    beam_size: int,
+    alpha: float,
+    max_decode_len: int,
+):
+  """Best beam-search hypothesis per source row, [B, max_decode_len]."""
+  model = Transformer(cfg.replace(deterministic=True, decode=False))
+  decoder = Transformer(cfg.replace(deterministic=True, decode=True))
+  encoded = model.apply({'params': params}, inputs_BxS, method=Transformer.encode)
+  segments = (inputs_BxS != 0).astype(jnp.int32)
+  encoded_N, segments_N = beam_search.expand_to_beams(
+      (encoded, segments), beam_size
+  )
+  creation_tokens = jnp.zeros((encoded_N.shape[0], max_decode_len), jnp.int32)
+  _, variables = decoder.apply(
+      {'params': params}, encoded_N, segments_N, creation_tokens,
+      method=Transformer.decode, mutable=['cache'],
+  )
+
+  def tokens_to_logits(last_tokens_N, cache):
+    logits, updated = decoder.apply(
+        {'params': params, 'cache': cache}, encoded_N, segments_N,
+        last_tokens_N[:, None], method=Transformer.decode, mutable=['cache'],
+    )
+    return logits[:, 0], updated['cache']
+
+  sequences, _ = beam_search.beam_search(
+      tokens_to_logits,
+      variables['cache'],
+      inputs_BxS.shape[0],
+      beam_size=beam_size,
+      alpha=alpha,
+      max_decode_len=max_decode_len,
+      eos_id=tokenizer.EOS_ID,
+  )
+  return sequences[:, 0]
+
+
+def ids_to_text(sp: spm.SentencePieceProcessor, ids: np.ndarray) -> str:
+  """Detokenises ids up to (not including) the first EOS."""
+  ids = [int(i) for i in ids]
+  if tokenizer.EOS_ID in ids:
+    ids = ids[: ids.index(tokenizer.EOS_ID)]
+  return sp.decode([i for i in ids if i != tokenizer.PAD_ID])
+
+
+class Translator:
+  """Translates sentences with sharded batches over every device."""
+
+  def __init__(self, cfg: TransformerConfig, mesh: Mesh, *, beam_size: int,
+               alpha: float, max_decode_len: int, batch_size: int):
+    self._mesh = mesh
+    self._max_len = cfg.max_len
+    self._batch_size = batch_size
+    self._predict = jax.jit(
+        lambda params, inputs: predict(
+            params, inputs, cfg=cfg, beam_size=beam_size, alpha=alpha,
+            max_decode_len=max_decode_len,
+        ),
+        out_shardings=sharding.replicated(mesh),
+    )
+
+  def translate(self, params, sp: spm.SentencePieceProcessor,
+                sentences: Sequence[str]) -> list[str]:
+    """Translations of `sentences`, in their order."""
+    sources = [
+        np.asarray(ids + [tokenizer.EOS_ID], np.int32)
+        for ids in sp.encode(list(sentences))
+    ]
+    outputs = [''] * len(sources)
+    rows = batches.process_rows(
+        self._batch_size, jax.process_index(), jax.process_count()
+    )
+    for indices, tokens in batches.source_batches(
+        sources, self._batch_size, self._max_len
+    ):
+      inputs = sharding.to_global({'inputs': tokens[rows]}, self._mesh)['inputs']
+      # Replicated output: every process reads the whole batch locally.
+      best = np.asarray(self._predict(params, inputs))
+      for row, index in enumerate(indices):
+        outputs[index] = ids_to_text(sp, best[row])
+    return outputs

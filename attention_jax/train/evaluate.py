@@ -1,0 +1,43 @@
+"""Validation loss and BLEU of a set of parameters."""
+
+import math
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+import sentencepiece as spm
+
+from attention_jax.decode import bleu
+from attention_jax.decode.translator import Translator
+from attention_jax.train import sharding
+
+
+def eval_loss(
+    eval_fn: Callable, params, batches: Sequence[dict[str, np.ndarray]], mesh
+) -> dict[str, float]:
+  """Token-averaged NLL, perplexity and accuracy over all eval batches."""
+  totals = None
+  for batch in batches:
+    sums = eval_fn(params, sharding.to_global(batch, mesh))
+    totals = (
+        sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    )
+  totals = jax.device_get(totals)
+  tokens = max(float(totals['tokens']), 1.0)
+  loss = float(totals['nll_sum']) / tokens
+  return {
+      'loss': loss,
+      'perplexity': math.exp(min(loss, 50.0)),
+      'accuracy': float(totals['correct_sum']) / tokens,
+  }
+
+
+def translate_and_score(
+    translator: Translator,
+    params,
+    sp: spm.SentencePieceProcessor,
+    pairs: Sequence[tuple[str, str]],
+) -> tuple[float, list[str]]:
+  """(corpus BLEU, hypotheses) for (source, reference) pairs."""
+  hypotheses = translator.translate(params, sp, [s for s, _ in pairs])
+  return bleu.corpus_bleu(hypotheses, [t for _, t in pairs]), hypotheses

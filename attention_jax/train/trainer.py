@@ -1,0 +1,274 @@
+"""The training loop: train, evaluate, checkpoint, and report results."""
+
+import functools
+import json
+import math
+import os
+import time
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from attention_jax.data import batches
+from attention_jax.data import input_pipeline
+from attention_jax.decode.translator import Translator
+from attention_jax.model import from_config
+from attention_jax.model.transformer import Transformer
+from attention_jax.train import evaluate
+from attention_jax.train import flops
+from attention_jax.train import optim
+from attention_jax.train import sharding
+from attention_jax.train import steps
+from attention_jax.train.checkpoint import Checkpointer
+from attention_jax.train.metrics_writer import MetricsWriter
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced a NaN or infinite loss."""
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+def _check_finite(step: int, metrics, checkpointer: Checkpointer) -> dict:
+  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not math.isfinite(metrics['loss']):
+    last = checkpointer.latest_step()
+    where = checkpointer.path(last) if last is not None else 'none written'
+    raise NonFiniteLossError(
+        f'Loss became {metrics["loss"]} at step {step}; training stopped. '
+        f'Last good checkpoint: {where}. Lower config.optimizer.learning_rate '
+        'or raise config.optimizer.warmup_steps, then rerun to resume.'
+    )
+  return metrics
+
+
+def translator_for(config, cfg, mesh) -> Translator:
+  return Translator(
+      cfg,
+      mesh,
+      beam_size=config.eval.beam_size,
+      alpha=config.eval.length_penalty,
+      max_decode_len=config.eval.max_decode_len,
+      batch_size=config.eval.decode_batch_size,
+  )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  Returns:
+    The results also written to `workdir/results.json`.
+  """
+  from_config.check_config(config)
+  is_chief = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_chief:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  data = input_pipeline.load(config.data, workdir)
+  sp = data.tokenizer
+  cfg = from_config.transformer_config(config, sp.vocab_size())
+  train_model = Transformer(cfg)
+  eval_model = Transformer(cfg.replace(deterministic=True))
+  tx, schedule = optim.make_optimizer(config)
+  mesh = sharding.make_mesh()
+  state, state_shardings = sharding.create_train_state(
+      train_model, tx, config.seed, mesh, config.data.max_len
+  )
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info('Model: %s parameters, %s', f'{num_params:,}', cfg)
+
+  stream = batches.PackedTrainStream(
+      data.train, config.batch_size, config.data.max_len, config.seed,
+      jax.process_index(), jax.process_count(),
+  )
+  checkpointer = Checkpointer(workdir, config.keep_checkpoints)
+  train_seconds = 0.0
+  if (latest := checkpointer.latest_step()) is not None:
+    state, saved = checkpointer.restore(latest, state, state_shardings)
+    stream.restore(saved['stream'])
+    train_seconds = saved['train_seconds']
+    logging.info('Resumed from step %d (%s).', latest, checkpointer.path(latest))
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  train_fn = jax.jit(
+      functools.partial(
+          steps.train_step,
+          model=train_model,
+          label_smoothing=config.label_smoothing,
+      ),
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0,
+  )
+  eval_fn = jax.jit(
+      functools.partial(steps.eval_step, model=eval_model),
+      in_shardings=(state_shardings.params, batch_sharding),
+      out_shardings=sharding.replicated(mesh),
+  )
+  valid_batches = batches.packed_eval_batches(
+      data.valid, config.batch_size, config.data.max_len,
+      jax.process_index(), jax.process_count(),
+  )
+  translator = translator_for(config, cfg, mesh)
+  bleu_pairs = data.valid_text[: config.eval.bleu_sentences or None]
+  writer = MetricsWriter(workdir, enabled=is_chief)
+
+  first_batch = sharding.to_global(next(stream), mesh)
+  train_fn = train_fn.lower(state, first_batch).compile()
+  step_flops = flops.compiled_flops(train_fn)
+  peak = flops.machine_peak(flops.measure_matmul_peak())
+  logging.info(
+      'Devices: %d over %d process(es) on %s; measured matmul peak %.1f '
+      'GFLOP/s; %.2f GFLOP per training step.',
+      jax.device_count(), jax.process_count(), jax.devices()[0].platform,
+      peak / 1e9, (step_flops or 0) / 1e9,
+  )
+
+  start_step = int(state.step)
+  pending = None
+  interval_start, interval_steps, interval_tokens = time.perf_counter(), 0, 0.0
+  batch = first_batch
+  step = start_step
+  while step < config.num_train_steps:
+    if config.max_train_seconds and train_seconds >= config.max_train_seconds:
+      logging.info('Reached max_train_seconds after step %d.', step)
+      break
+    state, metrics = train_fn(state, batch)
+    # The previous step's metrics are read only now, so the host never
+    # waits for the device that is already running this step.
+    if pending is not None:
+      interval_tokens += _check_finite(*pending, checkpointer)['target_tokens']
+    step += 1
+    interval_steps += 1
+    pending = (step, metrics)
+    is_last = step == config.num_train_steps
+    batch = None if is_last else sharding.to_global(next(stream), mesh)
+
+    if step % config.log_every == 0 or is_last:
+      last = _check_finite(*pending, checkpointer)
+      pending = None
+      interval_tokens += last['target_tokens']
+      elapsed = time.perf_counter() - interval_start
+      train_seconds += elapsed
+      step_time = elapsed / interval_steps
+      scalars = {
+          'train/loss': last['loss'],
+          'train/nll': last['nll'],
+          'train/accuracy': last['accuracy'],
+          'train/grad_norm': last['grad_norm'],
+          'train/learning_rate': float(schedule(step)),
+          'train/target_tokens_per_sec': interval_tokens / elapsed,
+          'train/seconds': train_seconds,
+      }
+      if step_flops:
+        scalars['train/mfu'] = step_flops / step_time / peak
+      writer.write(step, scalars)
+      logging.info(
+          'step %d/%d | loss %.3f | lr %.2e | %.0f tgt tok/s | MFU %s | '
+          'ETA %s',
+          step, config.num_train_steps, last['loss'],
+          scalars['train/learning_rate'],
+          scalars['train/target_tokens_per_sec'],
+          f'{100 * scalars["train/mfu"]:.1f}%' if step_flops else 'n/a',
+          _format_seconds(step_time * (config.num_train_steps - step)),
+      )
+      interval_start, interval_steps, interval_tokens = time.perf_counter(), 0, 0.0
+
+    if step % config.eval_every == 0 and not is_last:
+      eval_start = time.perf_counter()
+      scores = evaluate.eval_loss(eval_fn, state.params, valid_batches, mesh)
+      valid_bleu, _ = evaluate.translate_and_score(
+          translator, state.params, sp, bleu_pairs
+      )
+      writer.write(step, {
+          **{f'valid/{k}': v for k, v in scores.items()},
+          'valid/bleu': valid_bleu,
+          'train/seconds': train_seconds,
+      })
+      logging.info(
+          'step %d | valid loss %.3f | valid BLEU (%d sentences) %.2f | '
+          'trained %s', step, scores['loss'], len(bleu_pairs), valid_bleu,
+          _format_seconds(train_seconds),
+      )
+      # Evaluation time is not training time.
+      interval_start += time.perf_counter() - eval_start
+
+    if step % config.checkpoint_every == 0 or is_last:
+      if pending is not None:
+        _check_finite(*pending, checkpointer)
+      checkpointer.save(
+          step, state,
+          {'stream': stream.state(), 'train_seconds': train_seconds},
+      )
+
+  if pending is not None:
+    _check_finite(*pending, checkpointer)
+  if checkpointer.latest_step() != step:
+    checkpointer.save(
+        step, state, {'stream': stream.state(), 'train_seconds': train_seconds}
+    )
+  checkpointer.wait()
+  results = _final_evaluation(
+      config, workdir, state.params, data, translator, eval_fn, valid_batches,
+      mesh,
+  )
+  results.update(
+      num_params=num_params,
+      steps=step,
+      train_seconds=train_seconds,
+      train_tokens_per_sec=_mean_tokens_per_sec(workdir),
+      config=config.to_dict(),
+  )
+  if is_chief:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=2, default=str)
+  writer.write(step, {k: results[k] for k in ('test_bleu', 'valid_bleu')})
+  writer.close()
+  checkpointer.close()
+  logging.info(
+      'Done: test BLEU %.2f, valid BLEU %.2f, valid loss %.3f after %d steps.',
+      results['test_bleu'], results['valid_bleu'], results['eval_loss'], step,
+  )
+  return results
+
+
+def _final_evaluation(config, workdir, params, data, translator, eval_fn,
+                      valid_batches, mesh) -> dict:
+  """Full validation and test scores; translations written to the workdir."""
+  scores = evaluate.eval_loss(eval_fn, params, valid_batches, mesh)
+  results = {'eval_loss': scores['loss'], 'eval_accuracy': scores['accuracy']}
+  out_dir = os.path.join(workdir, 'translations')
+  os.makedirs(out_dir, exist_ok=True)
+  limit = config.eval.final_sentences or None
+  for split, pairs in (('valid', data.valid_text[:limit]),
+                       ('test', data.test_text[:limit])):
+    start = time.perf_counter()
+    score, hypotheses = evaluate.translate_and_score(
+        translator, params, data.tokenizer, pairs
+    )
+    results[f'{split}_bleu'] = score
+    results[f'{split}_decode_seconds'] = time.perf_counter() - start
+    if jax.process_index() == 0:
+      with open(os.path.join(out_dir, f'{split}.txt'), 'w') as f:
+        f.writelines(h + '\n' for h in hypotheses)
+  return results
+
+
+def _mean_tokens_per_sec(workdir: str) -> float | None:
+  """Average training throughput over the logged intervals of this workdir."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    rates = [
+        r['train/target_tokens_per_sec']
+        for r in map(json.loads, f)
+        if 'train/target_tokens_per_sec' in r
+    ]
+  return float(np.mean(rates)) if rates else None

@@ -1,0 +1,78 @@
+"""Spanish -> English on the Bible corpus, sized for a 2-core CPU hour.
+
+Run with:
+  python launch.py --config=experiments/configs/bible.py --workdir=workdirs/bible
+Override any field, e.g. `--config.model.num_heads=8`.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  """The default experiment; `arg` is unused (kept for config_flags)."""
+  del arg
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  # A TFDS name from attention_jax.data.corpora.
+  config.data.dataset = 'bible_es_en'
+  config.data.source = 'es'
+  config.data.target = 'en'
+  # Where TFDS prepares datasets; the shared vocabulary is stored here too.
+  config.data.data_dir = '~/tensorflow_datasets'
+  config.data.vocab_size = 8000
+  # Length of a packed row, and the longest sentence (in pieces) trained on.
+  config.data.max_len = 128
+
+  config.model = ml_collections.ConfigDict()
+  # A name from attention_jax.attention.names().
+  config.model.attention = 'dot_product'
+  config.model.emb_dim = 256
+  config.model.num_heads = 4
+  config.model.num_encoder_layers = 3
+  config.model.num_decoder_layers = 3
+  # Width of queries, keys and values summed over heads.
+  config.model.qkv_dim = 256
+  config.model.mlp_dim = 1024
+  config.model.dropout_rate = 0.1
+  config.model.attention_dropout_rate = 0.1
+  # True: pre-LayerNorm residual blocks; False: post-LN (Vaswani et al.).
+  config.model.pre_layer_norm = True
+  # Activation and matmul dtype: 'float32' or 'bfloat16'.
+  config.model.dtype = 'float32'
+
+  config.optimizer = ml_collections.ConfigDict()
+  # Peak learning rate, reached at the end of warm-up.
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.warmup_steps = 800
+  config.optimizer.beta1 = 0.9
+  config.optimizer.beta2 = 0.98
+  config.optimizer.eps = 1e-9
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.grad_clip_norm = 1.0
+  config.label_smoothing = 0.1
+
+  # Packed rows of data.max_len tokens per global batch, over all devices.
+  config.batch_size = 16
+  # Whichever comes first ends training: this many steps, or this much
+  # training time in seconds (0: no time limit). The default is the hour of
+  # the 2-core CPU quality bar, which covers about 4,800 steps there.
+  config.num_train_steps = 6_000
+  config.max_train_seconds = 3600
+  config.log_every = 100
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
+  config.keep_checkpoints = 3
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.beam_size = 4
+  # Alpha of the ((5 + len) / 6) ** alpha length penalty.
+  config.eval.length_penalty = 0.6
+  config.eval.max_decode_len = 128
+  config.eval.decode_batch_size = 64
+  # Validation sentences translated at each periodic eval; 0: all of them.
+  config.eval.bleu_sentences = 300
+  # Sentences of each split translated at the end; 0: all of them.
+  config.eval.final_sentences = 0
+  return config

@@ -1,0 +1,63 @@
+"""Trains a translation model, or translates stdin with a trained one.
+
+  python launch.py --config=experiments/configs/bible.py --workdir=DIR
+  python launch.py --mode=translate --workdir=DIR < spanish.txt
+"""
+
+import logging as stdlib_logging
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+import attention_jax
+from attention_jax import distributed
+from attention_jax import translate
+from attention_jax.train import trainer
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file.', lock_config=True
+)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.', required=True)
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'translate'], 'What to do.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None,
+    'host:port of process 0, for multi-process runs that JAX cannot detect '
+    'on its own (Cloud TPU slices and SLURM jobs need no flags).',
+)
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Process count.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index.')
+
+_OWN_CODE = os.path.dirname(os.path.abspath(attention_jax.__file__)) + os.sep
+
+
+def _quiet_libraries(record) -> bool:
+  """Keeps INFO lines of our own code; libraries only warn or worse."""
+  ours = record.pathname.startswith(_OWN_CODE) or record.pathname == __file__
+  return ours or record.levelno >= stdlib_logging.WARNING
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().addFilter(_quiet_libraries)
+  distributed.initialize(
+      _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+  )
+  logging.info(
+      'Process %d/%d, local devices %s, global devices %d.',
+      jax.process_index(), jax.process_count(), jax.local_devices(),
+      jax.device_count(),
+  )
+  if _MODE.value == 'translate':
+    translate.translate_stdin(_WORKDIR.value)
+  elif _CONFIG.value is None:
+    raise app.UsageError('--config is required for --mode=train.')
+  else:
+    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
