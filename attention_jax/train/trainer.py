@@ -130,15 +130,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       peak / 1e9, (step_flops or 0) / 1e9,
   )
 
-  start_step = int(state.step)
   pending = None
   interval_start, interval_steps, interval_tokens = time.perf_counter(), 0, 0.0
   batch = first_batch
-  step = start_step
-  while step < config.num_train_steps:
-    if config.max_train_seconds and train_seconds >= config.max_train_seconds:
-      logging.info('Reached max_train_seconds after step %d.', step)
-      break
+  step = int(state.step)
+  time_limit = config.max_train_seconds or math.inf
+  while step < config.num_train_steps and train_seconds < time_limit:
     state, metrics = train_fn(state, batch)
     # The previous step's metrics are read only now, so the host never
     # waits for the device that is already running this step.
@@ -147,7 +144,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step += 1
     interval_steps += 1
     pending = (step, metrics)
-    is_last = step == config.num_train_steps
+    out_of_time = (
+        train_seconds + time.perf_counter() - interval_start >= time_limit
+    )
+    is_last = step == config.num_train_steps or out_of_time
     batch = None if is_last else sharding.to_global(next(stream), mesh)
 
     if step % config.log_every == 0 or is_last:
@@ -206,6 +206,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           step, state,
           {'stream': stream.state(), 'train_seconds': train_seconds},
       )
+    if out_of_time:
+      logging.info(
+          'Reached max_train_seconds=%d after step %d.', time_limit, step
+      )
+      break
 
   if pending is not None:
     _check_finite(*pending, checkpointer)
