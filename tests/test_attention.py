@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from attention_jax import attention
+from attention_jax.attention import kernels
 from attention_jax.attention import masks
 from attention_jax.attention.dot_product import scaled_dot_product
 from attention_jax.model.config import TransformerConfig
@@ -83,3 +84,26 @@ def test_other_segments_and_padding_do_not_leak():
 def test_registry_names_valid_choices_on_unknown_name():
   with pytest.raises(ValueError, match='valid choices are: .*dot_product'):
     attention.get('dot_prodcut')
+
+
+def test_unavailable_kernel_falls_back_to_xla_with_one_log_line(
+    caplog, monkeypatch
+):
+  # Reasons are logged once per process; start from none logged yet.
+  monkeypatch.setattr(kernels, '_logged_reasons', set())
+  cfg = TransformerConfig(
+      vocab_size=10, emb_dim=32, num_heads=H, qkv_dim=H * D,
+      deterministic=True, implementation='cudnn',
+  )
+  x = jax.random.normal(jax.random.key(5), (B, Q, 32))
+  q_seg, _ = _segments()
+  xla = attention.get('dot_product')(cfg=cfg.replace(implementation='xla'))
+  params = xla.init(jax.random.key(6), x, x, q_seg, q_seg)
+  fused = attention.get('dot_product')(cfg=cfg)
+  with caplog.at_level('INFO'):
+    outs = [fused.apply(params, x, x, q_seg, q_seg) for _ in range(3)]
+  fallbacks = [r for r in caplog.records if 'runs as' in r.getMessage()]
+  assert len(fallbacks) == 1 and 'cudnn' in fallbacks[0].getMessage()
+  np.testing.assert_allclose(
+      outs[0], xla.apply(params, x, x, q_seg, q_seg), atol=1e-6
+  )

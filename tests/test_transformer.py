@@ -23,9 +23,12 @@ class DecoderStack(nn.Module):
 
   @nn.compact
   def __call__(self, y, encoded, target_segments, source_segments):
+    target_positions = jnp.arange(y.shape[1])[None]
+    source_positions = jnp.arange(encoded.shape[1])[None]
     for i in range(self.cfg.num_decoder_layers):
       y = DecoderLayer(self.cfg, name=f'layer_{i}')(
-          y, encoded, target_segments, source_segments
+          y, encoded, target_segments, source_segments, target_positions,
+          source_positions,
       )
     return y
 

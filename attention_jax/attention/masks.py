@@ -1,18 +1,28 @@
-"""Masks shared by every attention mechanism.
+"""Masks shared by every attention mechanism, and the contract they follow.
 
-The contract every registered attention module follows:
+Every registered attention module is built and called the same way:
 
   module = AttentionCls(cfg=transformer_config, causal=..., name=...)
   out_BxQxE = module(inputs_q_BxQxE, inputs_kv_BxKxE,
-                     q_segment_ids_BxQ, kv_segment_ids_BxK)
+                     q_segment_ids_BxQ, kv_segment_ids_BxK,
+                     q_positions_BxQ, kv_positions_BxK)
 
 Segment ids are integers; 0 marks padding and equal non-zero ids mark tokens of
 the same packed sentence, so padding and packing are handled by one mechanism.
+Positions count from 0 within each packed sentence (position schemes that act
+inside attention, such as rotary embeddings or score biases, use them).
 `cfg.decode=True` switches a module to incremental decoding: it keeps whatever
 state it needs in the Flax `cache` collection (keys and values for softmax
 attention; another mechanism may keep a different state). The first call with
 an empty cache only creates that state from the shapes (self-attention) or
-from the memory (cross-attention); later calls each consume one query step.
+from the memory (cross-attention); later calls each consume one query step,
+whose position is given in `q_positions`.
+
+Each class also declares, as class attributes, what it can do, so that a
+config asking for the impossible is refused before anything is compiled:
+  can_be_causal: usable as decoder self-attention (with incremental decoding).
+  forms_scores: computes a query-by-key score matrix, so score biases
+    (relative positions, ALiBi) can apply.
 """
 
 import jax.numpy as jnp

@@ -29,13 +29,42 @@ class TransformerConfig:
   # True: LayerNorm before each sub-layer (stable without long warm-up);
   # False: after the residual sum, as in Vaswani et al. 2017.
   pre_layer_norm: bool = True
+  # Registry name of the attention mechanism used everywhere, unless a
+  # place-specific override below is set.
   attention: str = 'dot_product'
+  encoder_self_attention: str | None = None
+  decoder_self_attention: str | None = None
+  cross_attention: str | None = None
+  # Key/value heads for grouped-query attention; 0 means num_heads (plain
+  # multi-head), 1 is multi-query.
+  num_kv_heads: int = 0
+  # Keys within this distance of the query, for local attention.
+  window_size: int = 64
+  # Random features of Performer FAVOR+.
+  num_random_features: int = 256
+  # Block length of chunked exact attention and of the running sums of
+  # kernelised (linear, Performer) attention.
+  chunk_size: int = 512
+  # 'sinusoidal' or 'learned' add to the embeddings; 'rope', 'alibi' and
+  # 'relative_bias' act inside self-attention.
+  position_scheme: str = 'sinusoidal'
+  # T5-style relative position buckets.
+  relative_num_buckets: int = 32
+  relative_max_distance: int = 128
+  # Kernel for softmax attention: 'auto', 'xla', 'cudnn' (GPU) or 'pallas'
+  # (TPU); unsupported choices fall back to 'xla' with one log line.
+  implementation: str = 'auto'
   dtype: Any = jnp.float32
   deterministic: bool = False
   decode: bool = False
 
   def replace(self, **changes) -> 'TransformerConfig':
     return dataclasses.replace(self, **changes)
+
+  def attention_for(self, place: str) -> str:
+    """Mechanism name for 'encoder_self_attention', 'decoder_self_attention'
+    or 'cross_attention'."""
+    return getattr(self, place) or self.attention
 
   @property
   def head_dim(self) -> int:

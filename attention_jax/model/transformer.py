@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import attention
+from attention_jax.attention import positions
 from attention_jax.model.config import TransformerConfig
 
 
@@ -67,13 +68,16 @@ class EncoderLayer(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, segment_ids):
+  def __call__(self, x, segment_ids, positions):
     cfg = self.cfg
-    self_attention = attention.get(cfg.attention)(
+    self_attention = attention.get(cfg.attention_for('encoder_self_attention'))(
         cfg=cfg.replace(decode=False), name='self_attention'
     )
     x = Residual(cfg, name='attention_block')(
-        lambda h: self_attention(h, h, segment_ids, segment_ids), x
+        lambda h: self_attention(
+            h, h, segment_ids, segment_ids, positions, positions
+        ),
+        x,
     )
     return Residual(cfg, name='mlp_block')(MlpBlock(cfg, name='mlp'), x)
 
@@ -82,18 +86,26 @@ class DecoderLayer(nn.Module):
   cfg: TransformerConfig
 
   @nn.compact
-  def __call__(self, y, encoded, target_segment_ids, source_segment_ids):
+  def __call__(self, y, encoded, target_segment_ids, source_segment_ids,
+               target_positions, source_positions):
     cfg = self.cfg
-    attention_cls = attention.get(cfg.attention)
-    self_attention = attention_cls(cfg=cfg, causal=True, name='self_attention')
-    cross_attention = attention_cls(cfg=cfg, name='cross_attention')
+    self_attention = attention.get(cfg.attention_for('decoder_self_attention'))(
+        cfg=cfg, causal=True, name='self_attention'
+    )
+    cross_attention = attention.get(cfg.attention_for('cross_attention'))(
+        cfg=cfg, name='cross_attention'
+    )
     y = Residual(cfg, name='self_attention_block')(
-        lambda h: self_attention(h, h, target_segment_ids, target_segment_ids),
+        lambda h: self_attention(
+            h, h, target_segment_ids, target_segment_ids, target_positions,
+            target_positions,
+        ),
         y,
     )
     y = Residual(cfg, name='cross_attention_block')(
         lambda h: cross_attention(
-            h, encoded, target_segment_ids, source_segment_ids
+            h, encoded, target_segment_ids, source_segment_ids,
+            target_positions, source_positions,
         ),
         y,
     )
@@ -129,6 +141,14 @@ class Transformer(nn.Module):
         dtype=cfg.dtype,
         embedding_init=nn.initializers.normal(stddev=cfg.emb_dim**-0.5),
     )
+    positions.check_scheme(cfg.position_scheme)
+    if cfg.position_scheme == 'learned':
+      self.position_embed = nn.Embed(
+          cfg.max_len,
+          cfg.emb_dim,
+          dtype=cfg.dtype,
+          embedding_init=nn.initializers.normal(stddev=0.02),
+      )
     self.encoder_layers = [
         EncoderLayer(cfg, name=f'encoder_{i}')
         for i in range(cfg.num_encoder_layers)
@@ -148,7 +168,11 @@ class Transformer(nn.Module):
     x = self.embed(tokens_BxL) * jnp.sqrt(self.cfg.emb_dim).astype(
         self.cfg.dtype
     )
-    x += sinusoidal_embedding(positions_BxL, self.cfg.emb_dim).astype(x.dtype)
+    # Schemes other than these two act inside self-attention instead.
+    if self.cfg.position_scheme == 'sinusoidal':
+      x += sinusoidal_embedding(positions_BxL, self.cfg.emb_dim).astype(x.dtype)
+    elif self.cfg.position_scheme == 'learned':
+      x += self.position_embed(positions_BxL)
     return dropout(x, deterministic=self.cfg.deterministic)
 
   def encode(self, inputs, inputs_segmentation=None, inputs_position=None):
@@ -159,7 +183,7 @@ class Transformer(nn.Module):
       inputs_position = default_positions(inputs)
     x = self._embed(inputs, inputs_position, self.encoder_dropout)
     for layer in self.encoder_layers:
-      x = layer(x, inputs_segmentation)
+      x = layer(x, inputs_segmentation, inputs_position)
     return self.encoder_norm(x) if self.cfg.pre_layer_norm else x
 
   def decode(
@@ -169,6 +193,7 @@ class Transformer(nn.Module):
       targets,
       targets_segmentation=None,
       targets_position=None,
+      inputs_position=None,
   ):
     """Returns float32 logits [B, T, vocab] for the next token at each step.
 
@@ -189,8 +214,13 @@ class Transformer(nn.Module):
       if targets_position is None:
         targets_position = default_positions(targets)
     y = self._embed(decoder_inputs, targets_position, self.decoder_dropout)
+    if inputs_position is None:
+      inputs_position = default_positions(inputs_segmentation)
     for layer in self.decoder_layers:
-      y = layer(y, encoded, targets_segmentation, inputs_segmentation)
+      y = layer(
+          y, encoded, targets_segmentation, inputs_segmentation,
+          targets_position, inputs_position,
+      )
     if cfg.pre_layer_norm:
       y = self.decoder_norm(y)
     return self.embed.attend(y).astype(jnp.float32)
@@ -214,4 +244,5 @@ class Transformer(nn.Module):
         targets,
         targets_segmentation,
         targets_position,
+        inputs_position,
     )

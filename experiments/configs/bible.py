@@ -28,6 +28,19 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   # A name from attention_jax.attention.names().
   config.model.attention = 'dot_product'
+  # Per-place overrides of `attention`; '' keeps `attention` there.
+  config.model.encoder_self_attention = ''
+  config.model.decoder_self_attention = ''
+  config.model.cross_attention = ''
+  # Options of particular mechanisms (see attention_jax/model/config.py).
+  config.model.num_kv_heads = 0
+  config.model.window_size = 64
+  config.model.num_random_features = 256
+  config.model.chunk_size = 512
+  config.model.position_scheme = 'sinusoidal'
+  config.model.relative_num_buckets = 32
+  config.model.relative_max_distance = 128
+  config.model.implementation = 'auto'
   config.model.emb_dim = 256
   config.model.num_heads = 4
   config.model.num_encoder_layers = 3

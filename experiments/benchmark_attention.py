@@ -1,0 +1,244 @@
+"""Time and peak memory of one attention call, per registered variant.
+
+  python -m experiments.benchmark_attention --json_out=/tmp/attention.json
+  python -m experiments.benchmark_attention --lengths=128 --variants=chunked
+
+Each (variant, length, mode) is measured in its own process, so one variant's
+memory never counts against another and a failure cannot take the sweep
+down. A process builds the module through the registry from a
+`TransformerConfig` (what the Transformer runs: projections included),
+compiles one self-attention call on [1, length, 512] inputs (8 heads of 64,
+float32, non-causal) and times it. Its peak memory is its peak resident set
+size minus that of an identical process that only imports and builds
+parameters and inputs. Each process runs under an address-space limit, so a
+call that needs more memory than the machine has fails cleanly and is
+reported as 'oom' instead of swapping; one that runs past --timeout is
+reported as 'timeout'.
+"""
+
+import json
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+
+from attention_jax import attention
+from attention_jax.model.config import TransformerConfig
+
+_LENGTHS = flags.DEFINE_list(
+    'lengths', ['1024', '4096', '16384'], 'Sequence lengths.'
+)
+_VARIANTS = flags.DEFINE_list(
+    'variants', [], 'Registered attention names; empty means all of them.'
+)
+_MODES = flags.DEFINE_list(
+    'modes', ['forward', 'forward_backward'],
+    'forward: the call; forward_backward: gradients w.r.t. parameters and '
+    'inputs.',
+)
+_TIMEOUT = flags.DEFINE_integer(
+    'timeout', 900, 'Seconds one measurement process may run.'
+)
+_MEMORY_LIMIT_GB = flags.DEFINE_float(
+    'memory_limit_gb', 22.0, 'Address-space limit of a measurement process.'
+)
+_REPEATS = flags.DEFINE_integer(
+    'repeats', 3, 'Timed calls after one warm-up call; the median is shown.'
+)
+_CHUNK_SIZE = flags.DEFINE_integer('chunk_size', 512, 'cfg.chunk_size.')
+_WINDOW_SIZE = flags.DEFINE_integer('window_size', 64, 'cfg.window_size.')
+_JSON_OUT = flags.DEFINE_string(
+    'json_out', None, 'Where to write all results as JSON.'
+)
+_CHILD = flags.DEFINE_enum(
+    'child', None, ['measure', 'baseline'],
+    'Internal: run as the measurement process of one variant, length and '
+    'mode, or as the baseline process that stops after building inputs.',
+)
+
+_BATCH, _HEADS, _HEAD_DIM = 1, 8, 64
+_EMB_DIM = _HEADS * _HEAD_DIM
+
+
+def _build(variant: str, length: int):
+  """The module, its parameters and the inputs of one measurement."""
+  cfg = TransformerConfig(
+      vocab_size=1, emb_dim=_EMB_DIM, num_heads=_HEADS, qkv_dim=_EMB_DIM,
+      max_len=length, chunk_size=_CHUNK_SIZE.value,
+      window_size=_WINDOW_SIZE.value, dtype=jnp.float32, deterministic=True,
+  )
+  module = attention.get(variant)(cfg=cfg, causal=False)
+  x = jax.random.normal(jax.random.key(0), (_BATCH, length, _EMB_DIM))
+  segment_ids = jnp.ones((_BATCH, length), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(length), (_BATCH, length))
+  inputs = (segment_ids, segment_ids, positions, positions)
+  # Under jit only the parameters are computed; the attention call that
+  # init traces is dead code.
+  params = jax.jit(module.init)(jax.random.key(1), x, x, *inputs)
+  jax.block_until_ready(params)
+  return module, params, x, inputs
+
+
+def _child_main(kind: str) -> None:
+  """Measures one (variant, length, mode); prints one JSON line."""
+  (variant,), (length,), (mode,) = _VARIANTS.value, _LENGTHS.value, _MODES.value
+  module, params, x, inputs = _build(variant, int(length))
+  if kind == 'baseline':
+    print(json.dumps({}))
+    return
+
+  def forward(params, x):
+    return module.apply(params, x, x, *inputs)
+
+  if mode == 'forward':
+    step = jax.jit(forward)
+  else:
+    step = jax.jit(jax.grad(lambda p, x: forward(p, x).sum(), argnums=(0, 1)))
+  compiled = step.lower(params, x).compile()
+  analysis = compiled.memory_analysis()
+  jax.block_until_ready(compiled(params, x))
+  seconds = []
+  for _ in range(_REPEATS.value):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(params, x))
+    seconds.append(time.perf_counter() - start)
+  print(json.dumps({
+      'seconds': statistics.median(seconds),
+      'xla_temp_mb': None if analysis is None
+                     else analysis.temp_size_in_bytes / 2**20,
+  }))
+
+
+def _limit_memory() -> None:
+  limit = int(_MEMORY_LIMIT_GB.value * 2**30)
+  resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+# Text by which XLA, its CPU matmul library YNNPACK ('allocate of <n>
+# failed') or Python report an allocation that failed.
+_OOM_SIGNS = ('RESOURCE_EXHAUSTED', 'bad_alloc', 'MemoryError',
+              'Out of memory', 'out of memory', 'Cannot allocate memory',
+              'allocate of')
+
+
+def _run_child(kind: str, variant: str, length: int, mode: str) -> dict:
+  """Runs one measurement process; returns its status, output and peak RSS."""
+  command = [
+      sys.executable, '-m', 'experiments.benchmark_attention',
+      f'--child={kind}',
+      f'--variants={variant}', f'--lengths={length}', f'--modes={mode}',
+      f'--repeats={_REPEATS.value}', f'--chunk_size={_CHUNK_SIZE.value}',
+      f'--window_size={_WINDOW_SIZE.value}',
+  ]
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  result = {'variant': variant, 'length': length, 'mode': mode}
+  with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
+    process = subprocess.Popen(command, stdout=out, stderr=err, env=env,
+                               cwd=repo, preexec_fn=_limit_memory)
+    status, usage = _wait_with_usage(process, _TIMEOUT.value)
+    out.seek(0)
+    err.seek(0)
+    stdout, stderr = out.read(), err.read()
+  # ru_maxrss is in KiB on Linux.
+  result['peak_rss_mb'] = usage.ru_maxrss / 1024
+  if status is None:
+    return {**result, 'status': 'timeout'}
+  if status != 0:
+    # SIGKILL without a timeout comes from the kernel's out-of-memory killer.
+    if status == -signal.SIGKILL or any(s in stderr for s in _OOM_SIGNS):
+      return {**result, 'status': 'oom'}
+    last = stderr.strip().splitlines()[-1:] or ['(no output)']
+    return {**result, 'status': 'error',
+            'error': f'exit status {status}: {last[0][:300]}'}
+  return {**result, 'status': 'ok',
+          **json.loads(stdout.strip().splitlines()[-1])}
+
+
+def _wait_with_usage(process, timeout: float):
+  """Waits for the process itself (wait4), to get its own resource usage.
+
+  Returns:
+    (exit status, negative signal number if killed, None on timeout;
+    resource usage of that process alone).
+  """
+  deadline = time.monotonic() + timeout
+  timed_out = False
+  while True:
+    pid, wait_status, usage = os.wait4(process.pid, os.WNOHANG)
+    if pid:
+      break
+    if time.monotonic() > deadline and not timed_out:
+      timed_out = True
+      process.kill()
+    time.sleep(0.2)
+  process.returncode = os.waitstatus_to_exitcode(wait_status)
+  return (None if timed_out else process.returncode), usage
+
+
+def _measure_all(variants, lengths, modes):
+  """All measurements, each with the baseline of its variant and length."""
+  results = []
+  for variant in variants:
+    for length in lengths:
+      baseline = _run_child('baseline', variant, length, modes[0])
+      for mode in modes:
+        result = _run_child('measure', variant, length, mode)
+        result['baseline_rss_mb'] = baseline['peak_rss_mb']
+        if result['status'] == 'ok' and baseline['status'] == 'ok':
+          result['memory_mb'] = (
+              result['peak_rss_mb'] - baseline['peak_rss_mb']
+          )
+        _print_row(result)
+        results.append(result)
+  return results
+
+
+def _print_row(result) -> None:
+  if result['status'] == 'ok':
+    cells = (f"{result['seconds']:10.4f}",
+             f"{result.get('memory_mb', 0):12.1f}",
+             f"{result['xla_temp_mb'] or 0:12.1f}")
+  else:
+    cells = (f"{result['status'].upper():>10}", f"{'':>12}", f"{'':>12}")
+  print(f"{result['variant']:>16} {result['length']:>7} {result['mode']:>16} "
+        + ' '.join(cells), flush=True)
+
+
+def main(argv) -> None:
+  del argv
+  if _CHILD.value:
+    _child_main(_CHILD.value)
+    return
+  variants = _VARIANTS.value or attention.names()
+  lengths = [int(length) for length in _LENGTHS.value]
+  print(f"{'variant':>16} {'length':>7} {'mode':>16} {'seconds':>10} "
+        f"{'peak MiB':>12} {'XLA temp MiB':>12}", flush=True)
+  results = _measure_all(variants, lengths, _MODES.value)
+  if _JSON_OUT.value:
+    with open(_JSON_OUT.value, 'w') as f:
+      json.dump({
+          'setup': {
+              'batch': _BATCH, 'heads': _HEADS, 'head_dim': _HEAD_DIM,
+              'dtype': 'float32', 'causal': False,
+              'chunk_size': _CHUNK_SIZE.value,
+              'window_size': _WINDOW_SIZE.value,
+              'memory_limit_gb': _MEMORY_LIMIT_GB.value,
+              'timeout_s': _TIMEOUT.value, 'repeats': _REPEATS.value,
+              'cpus': os.cpu_count(), 'platform': sys.platform,
+          },
+          'results': results,
+      }, f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)
