@@ -176,7 +176,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           scalars['train/learning_rate'],
           scalars['train/target_tokens_per_sec'],
           f'{100 * scalars["train/mfu"]:.1f}%' if step_flops else 'n/a',
-          _format_seconds(step_time * (config.num_train_steps - step)),
+          _format_seconds(max(0.0, min(
+              step_time * (config.num_train_steps - step),
+              time_limit - train_seconds,
+          ))),
       )
       interval_start, interval_steps, interval_tokens = time.perf_counter(), 0, 0.0
 
