@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from attention_jax.attention import kernels
 from attention_jax.attention import masks
 from attention_jax.attention import positions
+from attention_jax.attention import projections
 from attention_jax.attention import registry
 from attention_jax.model.config import TransformerConfig
 
@@ -156,13 +157,7 @@ class DotProductAttention(nn.Module):
           implementation, query, key, value, mask=mask, bias=bias,
           segment_ids=(q_segment_ids, kv_segment_ids), causal=self.causal,
       )
-    return nn.DenseGeneral(
-        features=inputs_q.shape[-1],
-        axis=(-2, -1),
-        dtype=cfg.dtype,
-        kernel_init=nn.initializers.xavier_uniform(),
-        name='out',
-    )(out_BxQxHxD)
+    return projections.from_heads(cfg, out_BxQxHxD, inputs_q.shape[-1])
 
   @property
   def num_kv_heads(self) -> int:
@@ -216,12 +211,7 @@ class DotProductAttention(nn.Module):
     return None
 
   def _project(self, name, num_heads, inputs_BxLxE):
-    return nn.DenseGeneral(
-        features=(num_heads, self.cfg.head_dim),
-        dtype=self.cfg.dtype,
-        kernel_init=nn.initializers.xavier_uniform(),
-        name=name,
-    )(inputs_BxLxE)
+    return projections.to_heads(self.cfg, name, num_heads, inputs_BxLxE)
 
   def _self_attention(self, query, inputs_kv, q_segment_ids, kv_segment_ids,
                       q_positions, kv_positions):

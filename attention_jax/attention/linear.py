@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax.attention import positions
+from attention_jax.attention import projections
 from attention_jax.attention import registry
 from attention_jax.attention.dot_product import repeat_kv_heads
 from attention_jax.model.config import TransformerConfig
@@ -280,21 +281,13 @@ class LinearAttention(nn.Module):
             self.query_features(query), phi_k, value, q_segment_ids,
             kv_segment_ids, causal=self.causal, chunk_size=cfg.chunk_size,
         )
-    return nn.DenseGeneral(
-        features=inputs_q.shape[-1],
-        axis=(-2, -1),
-        dtype=cfg.dtype,
-        kernel_init=nn.initializers.xavier_uniform(),
-        name='out',
-    )(out_BxQxHxD.astype(cfg.dtype))
+    return projections.from_heads(
+        cfg, out_BxQxHxD.astype(cfg.dtype), inputs_q.shape[-1]
+    )
 
   def _project(self, name, num_heads, inputs_BxLxE):
-    return nn.DenseGeneral(
-        features=(num_heads, self.cfg.head_dim),
-        dtype=self.cfg.dtype,
-        kernel_init=nn.initializers.xavier_uniform(),
-        name=name,
-    )(inputs_BxLxE).astype(jnp.float32)
+    heads = projections.to_heads(self.cfg, name, num_heads, inputs_BxLxE)
+    return heads.astype(jnp.float32)
 
   def _keys_values(self, inputs_kv):
     """Keys and values with num_kv_heads heads, repeated to num_heads."""

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from attention_jax.attention import masks
+from attention_jax.attention import projections
 from attention_jax.attention import registry
 from attention_jax.model.config import TransformerConfig
 
@@ -61,15 +62,10 @@ class NoAttention(nn.Module):
         'bqk,bke->bqe', weights_BxQxK / counts_BxQx1,
         inputs_kv.astype(jnp.float32),
     ).astype(self.cfg.dtype)
-    init = nn.initializers.xavier_uniform()
-    value_BxQxHxD = nn.DenseGeneral(
-        features=(self.cfg.num_heads, self.cfg.head_dim), dtype=self.cfg.dtype,
-        kernel_init=init, name='value',
-    )(mean_BxQxE)
-    return nn.DenseGeneral(
-        features=width, axis=(-2, -1), dtype=self.cfg.dtype,
-        kernel_init=init, name='out',
-    )(value_BxQxHxD)
+    value_BxQxHxD = projections.to_heads(
+        self.cfg, 'value', self.cfg.num_heads, mean_BxQxE
+    )
+    return projections.from_heads(self.cfg, value_BxQxHxD, width)
 
   def _cached_summary(self, inputs_q, inputs_kv, kv_segment_ids):
     """The row's output, computed once on the cache-creating call."""
