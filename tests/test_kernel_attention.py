@@ -9,8 +9,8 @@ from attention_jax import attention
 from attention_jax.attention import linear
 from attention_jax.attention import performer
 from attention_jax.model.config import TransformerConfig
-from attention_jax.model.transformer import shift_right
-from attention_jax.model.transformer import Transformer
+
+import decoding_checks
 
 E, H, D = 8, 2, 4
 KERNELS = ['linear', 'performer']
@@ -239,28 +239,8 @@ def test_capabilities():
     dict(attention='performer', position_scheme='rope'),
 ])
 def test_transformer_decoding_equals_full_forward_pass(changes):
-  cfg = TransformerConfig(
+  decoding_checks.assert_cached_decoding_equals_full_forward(TransformerConfig(
       vocab_size=30, emb_dim=16, num_heads=2, num_encoder_layers=1,
       num_decoder_layers=1, qkv_dim=16, mlp_dim=32, max_len=8, chunk_size=3,
       num_random_features=16, deterministic=True, **changes,
-  )
-  inputs = jax.random.randint(jax.random.key(1), (2, 7), 1, 30)
-  inputs = inputs.at[1, 4:].set(0)
-  targets = jax.random.randint(jax.random.key(2), (2, 6), 1, 30)
-  model, decoder = Transformer(cfg), Transformer(cfg.replace(decode=True))
-  params = model.init(jax.random.key(3), inputs, targets)['params']
-  full = model.apply({'params': params}, inputs, targets)
-  encoded = model.apply({'params': params}, inputs, method=Transformer.encode)
-  segments = (inputs != 0).astype(jnp.int32)
-  _, variables = decoder.apply(
-      {'params': params}, encoded, segments, jnp.zeros_like(targets),
-      method=Transformer.decode, mutable=['cache'],
-  )
-  step_inputs, steps = shift_right(targets), []
-  for t in range(targets.shape[1]):
-    logits, variables = decoder.apply(
-        {'params': params, **variables}, encoded, segments,
-        step_inputs[:, t:t + 1], method=Transformer.decode, mutable=['cache'],
-    )
-    steps.append(logits)
-  np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
+  ))

@@ -9,8 +9,9 @@ import pytest
 from attention_jax import attention
 from attention_jax.attention import positions
 from attention_jax.model.config import TransformerConfig
-from attention_jax.model.transformer import shift_right
 from attention_jax.model.transformer import Transformer
+
+import decoding_checks
 
 E, H, D = 16, 4, 4
 CFG = TransformerConfig(
@@ -498,28 +499,8 @@ def test_encoder_self_attention_sees_positions(scheme):
      ('cosine', 'alibi'), ('bilinear', 'relative_bias')],
 )
 def test_transformer_cached_decoding_equals_full_forward(name, scheme):
-  cfg = CFG.replace(attention=name, position_scheme=scheme, mlp_dim=32,
-                    num_encoder_layers=1, num_decoder_layers=2)
-  model, decoder = Transformer(cfg), Transformer(cfg.replace(decode=True))
-  inputs = jax.random.randint(jax.random.key(1), (2, 7), 1, 20)
-  inputs = inputs.at[1, 4:].set(0)
-  targets = jax.random.randint(jax.random.key(2), (2, 6), 1, 20)
-  params = model.init(jax.random.key(3), inputs, targets)['params']
-  full = model.apply({'params': params}, inputs, targets)
-  encoded = model.apply({'params': params}, inputs, method=Transformer.encode)
-  segments = (inputs != 0).astype(jnp.int32)
-  _, variables = decoder.apply(
-      {'params': params}, encoded, segments, jnp.zeros((2, 6), jnp.int32),
-      method=Transformer.decode, mutable=['cache'],
+  decoding_checks.assert_cached_decoding_equals_full_forward(
+      CFG.replace(attention=name, position_scheme=scheme, mlp_dim=32,
+                  num_encoder_layers=1, num_decoder_layers=2)
   )
-  step_inputs = shift_right(targets)
-  steps = []
-  for t in range(6):
-    logits, variables = decoder.apply(
-        {'params': params, 'cache': variables['cache']}, encoded, segments,
-        step_inputs[:, t : t + 1], method=Transformer.decode,
-        mutable=['cache'],
-    )
-    steps.append(logits)
-  np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
 

@@ -11,6 +11,8 @@ from attention_jax.model.transformer import DecoderLayer
 from attention_jax.model.transformer import shift_right
 from attention_jax.model.transformer import Transformer
 
+import decoding_checks
+
 CFG = TransformerConfig(
     vocab_size=40, emb_dim=32, num_heads=4, num_encoder_layers=2,
     num_decoder_layers=2, qkv_dim=32, mlp_dim=64, max_len=16,
@@ -83,29 +85,4 @@ def test_packed_pairs_do_not_see_each_other():
 
 
 def test_cached_decoding_equals_full_forward():
-  model = Transformer(CFG)
-  decoder = Transformer(CFG.replace(decode=True))
-  inputs = jax.random.randint(jax.random.key(1), (2, 7), 1, 40)
-  inputs = inputs.at[1, 4:].set(0)
-  targets = jax.random.randint(jax.random.key(2), (2, 6), 1, 40)
-  params = model.init(jax.random.key(3), inputs, targets)['params']
-  full = model.apply({'params': params}, inputs, targets)
-
-  encoded = model.apply({'params': params}, inputs, method=Transformer.encode)
-  segments = (inputs != 0).astype(jnp.int32)
-  _, variables = decoder.apply(
-      {'params': params}, encoded, segments, jnp.zeros((2, 6), jnp.int32),
-      method=Transformer.decode, mutable=['cache'],
-  )
-  cache = variables['cache']
-  step_inputs = shift_right(targets)
-  steps = []
-  for t in range(6):
-    logits, variables = decoder.apply(
-        {'params': params, 'cache': cache}, encoded, segments,
-        step_inputs[:, t : t + 1], method=Transformer.decode,
-        mutable=['cache'],
-    )
-    cache = variables['cache']
-    steps.append(logits)
-  np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
+  decoding_checks.assert_cached_decoding_equals_full_forward(CFG)
