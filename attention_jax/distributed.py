@@ -1,9 +1,14 @@
 """Joins a multi-process JAX run when flags or the environment ask for one."""
 
+import contextlib
 import os
 
+from absl import flags
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
+# Defines the orbax flag set below.
+import orbax.checkpoint  # pylint: disable=unused-import
 
 
 def _launched_by_cluster() -> bool:
@@ -41,7 +46,27 @@ def initialize(
     jax.distributed.initialize()
   else:
     return
+  # Orbax's default barrier is a collective over all devices. Called from its
+  # background saving thread while the main thread runs training steps, the
+  # two threads' collectives can reach the processes in different orders and
+  # deadlock; the distributed client's barriers are safe across threads.
+  flags.FLAGS.experimental_orbax_use_distributed_barrier = True
   logging.info(
       'Joined process group: process %d of %d.',
       jax.process_index(), jax.process_count(),
   )
+
+
+@contextlib.contextmanager
+def chief_first(what: str):
+  """Runs the body on process 0 first, then on the others.
+
+  For work that fills a cache other processes may share (a prepared dataset,
+  a trained vocabulary): on a shared filesystem the others find it done, and
+  no two processes ever write the same files at once.
+  """
+  if jax.process_count() > 1 and jax.process_index() != 0:
+    multihost_utils.sync_global_devices(what)
+  yield
+  if jax.process_count() > 1 and jax.process_index() == 0:
+    multihost_utils.sync_global_devices(what)

@@ -37,8 +37,9 @@ def load_params(workdir: str, mesh):
         f'No checkpoint in {checkpointer.directory}; train first.'
     )
   tx, _ = optim.make_optimizer(config)
+  # Decoding is data-parallel: whole parameters on every device.
   abstract, shardings = sharding.abstract_train_state(
-      Transformer(cfg), tx, config.seed, mesh, config.data.max_len
+      Transformer(cfg), tx, config.seed, mesh, config.data.max_len, rules={}
   )
   state, _ = checkpointer.restore(step, abstract, shardings)
   checkpointer.close()
@@ -47,7 +48,7 @@ def load_params(workdir: str, mesh):
 
 def translate_stdin(workdir: str) -> None:
   """Reads one source sentence per line, writes one translation per line."""
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 1}))
   config, cfg, sp, params = load_params(workdir, mesh)
   translator = trainer.translator_for(config, cfg, mesh)
   sentences = [line.rstrip('\n') for line in sys.stdin]

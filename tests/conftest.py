@@ -1,10 +1,33 @@
 """Test setup: 8 simulated CPU devices, set before JAX starts."""
 
 import os
+import shutil
 import sys
+
+import pytest
 
 os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
 )
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A TFDS data dir holding the Bible dataset and the smoke vocabulary.
+
+  Prepared once per session, before any test starts a training subprocess.
+  """
+  if shutil.which('mod2imp') is None:
+    pytest.skip('needs the SWORD modules: apt-get install sword-text-sparv '
+                'sword-text-web libsword-utils')
+  # Imported here, after the device settings above.
+  from attention_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from experiments.configs import smoke  # pylint: disable=g-import-not-at-top
+
+  path = str(tmp_path_factory.mktemp('tensorflow_datasets'))
+  config = smoke.get_config()
+  config.data.data_dir = path
+  input_pipeline.load(config.data, str(tmp_path_factory.mktemp('prepare')))
+  return path

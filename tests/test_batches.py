@@ -52,9 +52,8 @@ def test_processes_read_disjoint_rows_of_the_same_global_batch():
   pairs = _pairs()
   whole = next(batches.PackedTrainStream(pairs, 4, 24, seed=1))
   shards = [
-      next(batches.PackedTrainStream(pairs, 4, 24, seed=1, process_index=p,
-                                     process_count=2))
-      for p in range(2)
+      next(batches.PackedTrainStream(pairs, 4, 24, seed=1, rows=rows))
+      for rows in (slice(0, 2), slice(2, 4))
   ]
   for name in whole:
     np.testing.assert_array_equal(

@@ -3,6 +3,7 @@
 import functools
 import logging
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,9 +132,9 @@ def test_chunked_module_equals_baseline(causal, length, scheme):
   seg, pos = _packed(length)
   base = _module('dot_product', causal, position_scheme=scheme, num_kv_heads=2)
   ours = _module('chunked', causal, position_scheme=scheme, num_kv_heads=2)
-  params = base.init(jax.random.key(1), x, x, seg, seg, pos, pos)
+  params = nn.unbox(base.init(jax.random.key(1), x, x, seg, seg, pos, pos))
   assert jax.tree.structure(params) == jax.tree.structure(
-      ours.init(jax.random.key(1), x, x, seg, seg, pos, pos)
+      nn.unbox(ours.init(jax.random.key(1), x, x, seg, seg, pos, pos))
   )
   weights = _inputs(2, (2, length, E)) * (seg != 0)[..., None]
 
@@ -155,7 +156,7 @@ def test_chunked_cross_attention_equals_baseline():
   q_seg = jnp.array([[1] * 5, [1, 1, 1, 0, 0]])
   kv_seg = jnp.array([[1] * 9, [1] * 6 + [0] * 3])
   base, ours = _module('dot_product'), _module('chunked')
-  params = base.init(jax.random.key(2), x_q, memory, q_seg, kv_seg)
+  params = nn.unbox(base.init(jax.random.key(2), x_q, memory, q_seg, kv_seg))
   real = np.asarray(q_seg != 0)
   np.testing.assert_allclose(
       ours.apply(params, x_q, memory, q_seg, kv_seg)[real],
@@ -169,7 +170,7 @@ def test_chunked_module_takes_attention_dropout_rng():
   seg = jnp.ones((1, 6), jnp.int32)
   module = _module('chunked', deterministic=False, dropout_rate=0.0,
                    attention_dropout_rate=0.5)
-  params = module.init(jax.random.key(1), x, x, seg, seg)
+  params = nn.unbox(module.init(jax.random.key(1), x, x, seg, seg))
   run = lambda seed: module.apply(  # noqa: E731
       params, x, x, seg, seg, rngs={'dropout': jax.random.key(seed)}
   )
@@ -207,7 +208,7 @@ def test_cached_decoding_equals_full_causal_forward(name, scheme):
   x = _inputs(0, (2, 11, E))  # 11 is not a multiple of the chunk size.
   seg = jnp.ones((2, 11), jnp.int32)
   pos = jnp.broadcast_to(jnp.arange(11), (2, 11))
-  params = full_module.init(jax.random.key(1), x, x, seg, seg, pos, pos)
+  params = nn.unbox(full_module.init(jax.random.key(1), x, x, seg, seg, pos, pos))
   full = full_module.apply(params, x, x, seg, seg, pos, pos)
   steps = _decode_self_attention(decoder, params['params'], x)
   np.testing.assert_allclose(steps, full, atol=1e-5)
@@ -236,7 +237,7 @@ def test_local_equals_baseline_with_band_mask(causal, window, chunk_size):
   x = _inputs(0, (2, length, E))
   seg, pos = _packed(length)
   module = _module('local', causal, window_size=window, chunk_size=chunk_size)
-  params = module.init(jax.random.key(1), x, x, seg, seg, pos, pos)
+  params = nn.unbox(module.init(jax.random.key(1), x, x, seg, seg, pos, pos))
   real = (seg != 0)[..., None]
 
   def ours(params, x):
@@ -261,7 +262,7 @@ def test_local_window_through_gradients(causal):
   x = _inputs(0, (1, length, E))
   seg = jnp.ones((1, length), jnp.int32)
   pos = jnp.arange(length)[None]
-  params = module.init(jax.random.key(1), x, x, seg, seg, pos, pos)
+  params = nn.unbox(module.init(jax.random.key(1), x, x, seg, seg, pos, pos))
   # jacobian[i, j, e]: output i (summed over features) w.r.t. input j, e.
   jacobian = jax.jacrev(
       lambda x: module.apply(params, x, x, seg, seg, pos, pos)[0].sum(-1)

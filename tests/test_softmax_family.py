@@ -39,7 +39,7 @@ def test_grouped_query_with_all_heads_equals_flax_multi_head():
   x_q, x_kv = _inputs(0, (2, 5, E)), _inputs(1, (2, 7, E))
   q_seg, kv_seg = jnp.ones((2, 5), jnp.int32), jnp.ones((2, 7), jnp.int32)
   ours = _module('dot_product', num_kv_heads=H)
-  params = ours.init(jax.random.key(2), x_q, x_kv, q_seg, kv_seg)
+  params = nn.unbox(ours.init(jax.random.key(2), x_q, x_kv, q_seg, kv_seg))
   reference = nn.MultiHeadDotProductAttention(
       num_heads=H, qkv_features=H * D, deterministic=True
   )
@@ -55,7 +55,7 @@ def test_grouped_query_matches_jax_nn(num_kv_heads):
   x_q, x_kv = _inputs(0, (2, 5, E)), _inputs(1, (2, 7, E))
   q_seg, kv_seg = jnp.ones((2, 5), jnp.int32), jnp.ones((2, 7), jnp.int32)
   module = _module('dot_product', num_kv_heads=num_kv_heads)
-  params = module.init(jax.random.key(2), x_q, x_kv, q_seg, kv_seg)
+  params = nn.unbox(module.init(jax.random.key(2), x_q, x_kv, q_seg, kv_seg))
   p = params['params']
   dense = lambda name, x: (  # noqa: E731
       jnp.einsum('ble,ehd->blhd', x, p[name]['kernel']) + p[name]['bias']
@@ -81,7 +81,7 @@ def test_grouped_query_shrinks_projections_and_cache(num_kv_heads):
   for kv_heads in (0, num_kv_heads):
     decoder = _module('dot_product', causal=True, decode=True,
                       num_kv_heads=kv_heads)
-    variables = decoder.init(jax.random.key(0), x, x, seg, seg)
+    variables = nn.unbox(decoder.init(jax.random.key(0), x, x, seg, seg))
     assert variables['params']['key']['kernel'].shape == (
         E, kv_heads or H, D
     )
@@ -106,7 +106,7 @@ def test_padding_and_other_segments_do_not_leak(name, scheme, causal):
   module = _module(name, causal=causal, position_scheme=scheme)
   seg, pos = _packed_row()
   x = _inputs(0, (1, 7, E))
-  params = module.init(jax.random.key(1), x, x, seg, seg, pos, pos)
+  params = nn.unbox(module.init(jax.random.key(1), x, x, seg, seg, pos, pos))
   run = lambda x: module.apply(params, x, x, seg, seg, pos, pos)  # noqa: E731
   out = run(x)
   noise = _inputs(2, (1, 7, E))
@@ -130,7 +130,7 @@ def test_causal_through_gradients(name, scheme):
   module = _module(name, causal=True, position_scheme=scheme)
   x = _inputs(0, (1, 5, E))
   seg, pos = jnp.ones((1, 5), jnp.int32), _positions(5)
-  params = module.init(jax.random.key(1), x, x, seg, seg, pos, pos)
+  params = nn.unbox(module.init(jax.random.key(1), x, x, seg, seg, pos, pos))
   for i in range(5):
     grad = jax.grad(
         lambda x: module.apply(params, x, x, seg, seg, pos, pos)[0, i].sum()
@@ -172,7 +172,7 @@ def test_cached_decoding_equals_full_causal_forward(name, scheme,
   decoder = _module(name, causal=True, decode=True, **changes)
   x = _inputs(0, (2, 6, E))
   seg, pos = jnp.ones((2, 6), jnp.int32), _positions(6, 2)
-  params = full_module.init(jax.random.key(1), x, x, seg, seg, pos, pos)
+  params = nn.unbox(full_module.init(jax.random.key(1), x, x, seg, seg, pos, pos))
   full = full_module.apply(params, x, x, seg, seg, pos, pos)
   steps = _decode_self_attention(decoder, params['params'], x)
   np.testing.assert_allclose(steps, full, atol=1e-5)
@@ -185,7 +185,7 @@ def test_cached_cross_attention_equals_full(name):
   x_q, memory = _inputs(0, (2, 4, E)), _inputs(1, (2, 6, E))
   q_seg = jnp.ones((2, 4), jnp.int32)
   kv_seg = jnp.array([[1] * 6, [1, 1, 1, 0, 0, 0]])
-  params = module.init(jax.random.key(2), x_q, memory, q_seg, kv_seg)
+  params = nn.unbox(module.init(jax.random.key(2), x_q, memory, q_seg, kv_seg))
   full = module.apply(params, x_q, memory, q_seg, kv_seg)
   _, variables = decoder.apply(
       params, x_q, memory, q_seg, kv_seg, mutable=['cache']
@@ -204,7 +204,7 @@ def test_position_schemes_leave_cross_attention_alone():
   q_seg, kv_seg = jnp.ones((1, 4), jnp.int32), jnp.ones((1, 6), jnp.int32)
   q_pos, kv_pos = _positions(4), _positions(6)
   plain = _module('dot_product')
-  params = plain.init(jax.random.key(2), x_q, memory, q_seg, kv_seg)
+  params = nn.unbox(plain.init(jax.random.key(2), x_q, memory, q_seg, kv_seg))
   expected = plain.apply(params, x_q, memory, q_seg, kv_seg, q_pos, kv_pos)
   for scheme in ('rope', 'alibi'):
     out = _module('dot_product', position_scheme=scheme).apply(
@@ -226,7 +226,7 @@ def test_rope_depends_only_on_position_offsets(name):
   module = _module(name, position_scheme='rope')
   x = _inputs(0, (1, 6, E))
   seg, pos = jnp.ones((1, 6), jnp.int32), _positions(6)
-  params = module.init(jax.random.key(1), x, x, seg, seg, pos, pos)
+  params = nn.unbox(module.init(jax.random.key(1), x, x, seg, seg, pos, pos))
   run = lambda p: module.apply(params, x, x, seg, seg, p, p)  # noqa: E731
   np.testing.assert_allclose(run(pos + 37), run(pos), atol=1e-4)
   assert not np.allclose(run(2 * pos), run(pos), atol=1e-3)
@@ -301,9 +301,9 @@ def test_relative_bias_table_is_learned_per_head_in_self_attention_only():
   module = _module('dot_product', position_scheme='relative_bias')
   x, memory = _inputs(0, (1, 4, E)), _inputs(1, (1, 6, E))
   seg4, seg6 = jnp.ones((1, 4), jnp.int32), jnp.ones((1, 6), jnp.int32)
-  self_params = module.init(jax.random.key(2), x, x, seg4, seg4)['params']
+  self_params = nn.unbox(module.init(jax.random.key(2), x, x, seg4, seg4))['params']
   assert self_params['relative_bias']['embedding'].shape == (32, H)
-  cross_params = module.init(jax.random.key(2), x, memory, seg4, seg6)
+  cross_params = nn.unbox(module.init(jax.random.key(2), x, memory, seg4, seg6))
   assert 'relative_bias' not in cross_params['params']
 
 
@@ -313,7 +313,7 @@ def test_relative_bias_buckets_are_causal_only_in_the_decoder(causal):
                    position_scheme='relative_bias')
   x = _inputs(0, (1, 12, E))
   seg = jnp.ones((1, 12), jnp.int32)
-  params = module.init(jax.random.key(1), x, x, seg, seg)['params']
+  params = nn.unbox(module.init(jax.random.key(1), x, x, seg, seg))['params']
   # Each bucket's bias is its own id, so the bias reveals the bucket.
   table = jnp.broadcast_to(jnp.arange(32.0)[:, None], (32, H))
   params = {**params, 'relative_bias': {'embedding': table}}
@@ -356,7 +356,7 @@ def test_forward_matches_published_score_formula(name):
   x_q, x_kv = _inputs(0, (1, 3, E)), _inputs(1, (1, 4, E))
   q_seg, kv_seg = jnp.ones((1, 3), jnp.int32), jnp.array([[1, 1, 1, 0]])
   module = _module(name)
-  params = module.init(jax.random.key(2), x_q, x_kv, q_seg, kv_seg)
+  params = nn.unbox(module.init(jax.random.key(2), x_q, x_kv, q_seg, kv_seg))
   p = jax.tree.map(np.asarray, params['params'])
   # Move score parameters away from their structured initial values; the
   # cosine temperature of head 0 goes past its cap of 100.
@@ -384,7 +384,7 @@ def test_forward_matches_published_score_formula(name):
 def test_bilinear_starts_as_scaled_dot_product():
   x = _inputs(0, (1, 5, E))
   seg = jnp.ones((1, 5), jnp.int32)
-  params = _module('bilinear').init(jax.random.key(1), x, x, seg, seg)
+  params = nn.unbox(_module('bilinear').init(jax.random.key(1), x, x, seg, seg))
   np.testing.assert_allclose(
       params['params']['score_kernel'],
       np.broadcast_to(np.eye(D) / np.sqrt(D), (H, D, D)),
@@ -401,7 +401,7 @@ def test_bilinear_starts_as_scaled_dot_product():
 def test_dot_is_dot_product_without_scaling():
   x = _inputs(0, (1, 5, E))
   seg = jnp.ones((1, 5), jnp.int32)
-  params = _module('dot_product').init(jax.random.key(1), x, x, seg, seg)
+  params = nn.unbox(_module('dot_product').init(jax.random.key(1), x, x, seg, seg))
   # Scaling the queries by 1/sqrt(D) undoes the missing scale.
   scaled = jax.tree.map(lambda p: p / np.sqrt(D), params['params']['query'])
   scaled_params = {'params': {**params['params'], 'query': scaled}}
@@ -421,7 +421,7 @@ def test_cosine_ignores_query_length_and_starts_at_temperature_10():
   x = _inputs(0, (1, 5, E))
   seg = jnp.ones((1, 5), jnp.int32)
   module = _module('cosine')
-  params = module.init(jax.random.key(1), x, x, seg, seg)
+  params = nn.unbox(module.init(jax.random.key(1), x, x, seg, seg))
   np.testing.assert_allclose(
       np.exp(params['params']['log_temperature']), np.full(H, 10.0),
       rtol=1e-6,
@@ -439,27 +439,27 @@ def test_unknown_position_scheme_names_valid_choices():
   x = jnp.zeros((1, 3, E))
   seg = jnp.ones((1, 3), jnp.int32)
   with pytest.raises(ValueError, match="'rotary'.*valid choices.*rope"):
-    _module('dot_product', position_scheme='rotary').init(
+    nn.unbox(_module('dot_product', position_scheme='rotary').init(
         jax.random.key(0), x, x, seg, seg
-    )
+    ))
   tokens = jnp.ones((1, 3), jnp.int32)
   with pytest.raises(ValueError, match='valid choices.*learned'):
-    Transformer(CFG.replace(position_scheme='rotary')).init(
+    nn.unbox(Transformer(CFG.replace(position_scheme='rotary')).init(
         jax.random.key(0), tokens, tokens
-    )
+    ))
 
 
 def test_learned_positions_are_a_table_over_max_len():
   tokens = jnp.array([[3, 4, 5, 1]])
   model = Transformer(CFG.replace(position_scheme='learned',
                                   num_encoder_layers=1, num_decoder_layers=1))
-  params = model.init(jax.random.key(0), tokens, tokens)['params']
+  params = nn.unbox(model.init(jax.random.key(0), tokens, tokens))['params']
   assert params['position_embed']['embedding'].shape == (CFG.max_len, E)
   sinusoidal = Transformer(CFG.replace(num_encoder_layers=1,
                                        num_decoder_layers=1))
-  assert 'position_embed' not in sinusoidal.init(
+  assert 'position_embed' not in nn.unbox(sinusoidal.init(
       jax.random.key(0), tokens, tokens
-  )['params']
+  ))['params']
 
 
 def _encode_permuted_and_forward(scheme, params_fn=lambda p: p):
@@ -467,7 +467,7 @@ def _encode_permuted_and_forward(scheme, params_fn=lambda p: p):
   model = Transformer(CFG.replace(position_scheme=scheme,
                                   num_encoder_layers=1, num_decoder_layers=1))
   inputs = jnp.array([[3, 4, 5, 6, 7]])
-  params = params_fn(model.init(jax.random.key(0), inputs, inputs)['params'])
+  params = params_fn(nn.unbox(model.init(jax.random.key(0), inputs, inputs))['params'])
   encode = lambda i: model.apply(  # noqa: E731
       {'params': params}, i, method=Transformer.encode
   )

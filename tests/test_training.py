@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 
@@ -15,17 +14,6 @@ from attention_jax.train import trainer
 from experiments.configs import smoke
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-pytestmark = pytest.mark.skipif(
-    shutil.which('mod2imp') is None,
-    reason='needs the SWORD modules: apt-get install sword-text-sparv '
-    'sword-text-web libsword-utils',
-)
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tensorflow_datasets'))
 
 
 def _config(data_dir, num_train_steps):

@@ -1,7 +1,6 @@
 """Every attention mechanism trains: the smoke config's loss falls."""
 
 import functools
-import shutil
 
 import jax
 import numpy as np
@@ -17,19 +16,14 @@ from attention_jax.train import sharding
 from attention_jax.train import steps
 from experiments.configs import smoke
 
-pytestmark = pytest.mark.skipif(
-    shutil.which('mod2imp') is None,
-    reason='needs the SWORD modules: apt-get install sword-text-sparv '
-    'sword-text-web libsword-utils',
-)
 
 NUM_STEPS = 150
 
 
 @pytest.fixture(scope='module')
-def train_batches(tmp_path_factory):
+def train_batches(data_dir, tmp_path_factory):
   config = smoke.get_config()
-  config.data.data_dir = str(tmp_path_factory.mktemp('tensorflow_datasets'))
+  config.data.data_dir = data_dir
   data = input_pipeline.load(config.data, str(tmp_path_factory.mktemp('work')))
   stream = batches.PackedTrainStream(
       data.train, config.batch_size, config.data.max_len, seed=0
@@ -54,9 +48,10 @@ def test_variant_lowers_the_smoke_loss(name, train_batches):
   cfg = from_config.transformer_config(config, vocab_size)
   model = Transformer(cfg)
   tx, _ = optim.make_optimizer(config)
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(config.mesh)
   state, _ = sharding.create_train_state(
-      model, tx, config.seed, mesh, config.data.max_len
+      model, tx, config.seed, mesh, config.data.max_len,
+      sharding.logical_rules(config.mesh),
   )
   train_step = jax.jit(
       functools.partial(steps.train_step, model=model, label_smoothing=0.0)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from attention_jax.attention import registry
 from attention_jax.attention.dot_product import DotProductAttention
+from attention_jax.model import partitioning as part
 
 
 @registry.register('additive')
@@ -27,7 +28,10 @@ class AdditiveAttention(DotProductAttention):
     # Unit-variance scores at init: tanh outputs are at most 1 in size.
     v_HxD = self.param(
         'score_vector',
-        nn.initializers.normal(stddev=depth**-0.5),
+        part.init(
+            nn.initializers.normal(stddev=depth**-0.5), part.HEADS,
+            part.HEAD_DIM,
+        ),
         (num_heads, depth),
         jnp.float32,
     )

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 
 from attention_jax.attention import registry
 from attention_jax.attention.dot_product import DotProductAttention
+from attention_jax.model import partitioning as part
 
 
 def _scaled_identity(rng, shape, dtype=jnp.float32):
@@ -27,7 +28,9 @@ class BilinearAttention(DotProductAttention):
   def _scores(self, query_BxQxHxD, key_BxKxHxD):
     num_heads, depth = query_BxQxHxD.shape[2:]
     w_HxDxD = self.param(
-        'score_kernel', _scaled_identity, (num_heads, depth, depth)
+        'score_kernel',
+        part.init(_scaled_identity, part.HEADS, part.HEAD_DIM, part.HEAD_DIM),
+        (num_heads, depth, depth),
     )
     query_w_BxQxHxD = jnp.einsum(
         'bqhd,hde->bqhe', query_BxQxHxD, w_HxDxD.astype(query_BxQxHxD.dtype)

@@ -7,6 +7,7 @@ import numpy as np
 
 from attention_jax.attention import registry
 from attention_jax.attention.dot_product import DotProductAttention
+from attention_jax.model import partitioning as part
 
 # Swin Transformer V2 (Liu et al., 2022) starts the temperature at 10 and
 # caps it at 100; the cap keeps a growing temperature from saturating the
@@ -33,7 +34,9 @@ class CosineAttention(DotProductAttention):
     num_heads = query_BxQxHxD.shape[2]
     log_temperature_H = self.param(
         'log_temperature',
-        nn.initializers.constant(np.log(_INITIAL_TEMPERATURE)),
+        part.init(
+            nn.initializers.constant(np.log(_INITIAL_TEMPERATURE)), part.HEADS
+        ),
         (num_heads,),
         jnp.float32,
     )

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from attention_jax.model import partitioning as part
+
 EMBEDDING_SCHEMES = ('sinusoidal', 'learned')
 ATTENTION_SCHEMES = ('rope', 'alibi', 'relative_bias')
 # Schemes that add a bias to the query-key scores; only mechanisms that
@@ -166,7 +168,10 @@ class RelativePositionBias(nn.Module):
     )
     table_NxH = self.param(
         'embedding',
-        nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
+        part.init(
+            nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
+            part.TABLE, part.HEADS,
+        ),
         (self.num_buckets, self.num_heads),
         jnp.float32,
     )

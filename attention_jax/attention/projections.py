@@ -7,6 +7,7 @@ submodules under `name` ('query', 'key', 'value', 'out'), the layout of
 
 import flax.linen as nn
 
+from attention_jax.model import partitioning as part
 from attention_jax.model.config import TransformerConfig
 
 
@@ -15,7 +16,11 @@ def to_heads(cfg: TransformerConfig, name: str, num_heads: int, inputs_BxLxE):
   return nn.DenseGeneral(
       features=(num_heads, cfg.head_dim),
       dtype=cfg.dtype,
-      kernel_init=nn.initializers.xavier_uniform(),
+      kernel_init=part.init(
+          nn.initializers.xavier_uniform(), part.EMBED, part.HEADS,
+          part.HEAD_DIM,
+      ),
+      bias_init=part.init(nn.initializers.zeros, part.HEADS, part.HEAD_DIM),
       name=name,
   )(inputs_BxLxE)
 
@@ -26,6 +31,10 @@ def from_heads(cfg: TransformerConfig, heads_BxLxHxD, width: int):
       features=width,
       axis=(-2, -1),
       dtype=cfg.dtype,
-      kernel_init=nn.initializers.xavier_uniform(),
+      kernel_init=part.init(
+          nn.initializers.xavier_uniform(), part.HEADS, part.HEAD_DIM,
+          part.EMBED,
+      ),
+      bias_init=part.init(nn.initializers.zeros, part.EMBED),
       name='out',
   )(heads_BxLxHxD)

@@ -14,17 +14,6 @@ from attention_jax.data import packing
 Pair = tuple[np.ndarray, np.ndarray]
 
 
-def process_rows(global_rows: int, process_index: int, process_count: int):
-  """The slice of a global batch's rows that one process feeds."""
-  if global_rows % process_count:
-    raise ValueError(
-        f'Global batch of {global_rows} rows does not split over '
-        f'{process_count} processes; make config.batch_size a multiple of it.'
-    )
-  per_process = global_rows // process_count
-  return slice(process_index * per_process, (process_index + 1) * per_process)
-
-
 class PackedTrainStream:
   """Endless shuffled stream of packed batches, resumable from `state()`."""
 
@@ -34,14 +23,21 @@ class PackedTrainStream:
       batch_size: int,
       max_len: int,
       seed: int,
-      process_index: int = 0,
-      process_count: int = 1,
+      rows: slice = slice(None),
   ):
+    """Args:
+      pairs: tokenised (source, target) pairs.
+      batch_size: packed rows per global batch.
+      max_len: tokens per packed row.
+      seed: fixes the order of every epoch.
+      rows: the rows of each global batch this process feeds (see
+        `attention_jax.train.sharding.process_rows`).
+    """
     self._pairs = pairs
     self._batch_size = batch_size
     self._max_len = max_len
     self._seed = seed
-    self._rows = process_rows(batch_size, process_index, process_count)
+    self._rows = rows
     self._epoch = 0
     self._index = 0
     self._epoch_rows = self._pack_epoch(0)
@@ -95,17 +91,18 @@ def packed_eval_batches(
     pairs: Sequence[Pair],
     batch_size: int,
     max_len: int,
-    process_index: int = 0,
-    process_count: int = 1,
+    rows: slice = slice(None),
 ) -> list[dict[str, np.ndarray]]:
-  """Every pair once, packed in length order; the last batch padded."""
+  """Every pair once, packed in length order; the last batch padded.
+
+  Each batch keeps only `rows`, this process's part of the global batch.
+  """
   order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
-  rows = packing.pack_rows(pairs, order, max_len)
-  rows += [[] for _ in range(-len(rows) % batch_size)]
-  shard = process_rows(batch_size, process_index, process_count)
+  packed = packing.pack_rows(pairs, order, max_len)
+  packed += [[] for _ in range(-len(packed) % batch_size)]
   return [
-      packing.rows_to_batch(pairs, rows[i : i + batch_size][shard], max_len)
-      for i in range(0, len(rows), batch_size)
+      packing.rows_to_batch(pairs, packed[i : i + batch_size][rows], max_len)
+      for i in range(0, len(packed), batch_size)
   ]
 
 

@@ -1,4 +1,4 @@
-"""From a TFDS translation dataset to tokenised pairs and a vocabulary."""
+"""From a parallel corpus to cleaned, tokenised pairs and a vocabulary."""
 
 import dataclasses
 import os
@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import sentencepiece as spm
 
+from attention_jax.data import cleaning
 from attention_jax.data import corpora
 from attention_jax.data import tokenizer
 
@@ -54,20 +55,41 @@ def tokenize_pairs(
   return kept
 
 
+def clean_splits(
+    records: dict[str, list[corpora.Record]], max_len: int
+) -> dict[str, list[tuple[str, str]]]:
+  """Skips corrupt pairs of every split, logging one summary line per split.
+
+  Raises:
+    ValueError: no training pair is left.
+  """
+  max_chars = cleaning.char_limit(max_len)
+  splits = {}
+  for split, split_records in records.items():
+    splits[split], skipped = cleaning.clean(split_records, max_chars)
+    summary = cleaning.summary(split, len(split_records), skipped, max_chars)
+    logging.info(summary)
+    if split == 'train' and not splits[split]:
+      raise ValueError(f'No usable training pair. {summary}')
+  return splits
+
+
 def load(data_config: ml_collections.ConfigDict, workdir: str) -> TranslationData:
   """Prepares the dataset and vocabulary if needed, and tokenises the splits.
 
-  The vocabulary is trained on the training split only, stored beside the
-  prepared dataset for reuse by later runs, and copied into the workdir so
-  that translation needs nothing but the workdir.
+  Corrupt pairs are skipped first (see cleaning.py), so that they reach
+  neither the vocabulary trainer nor BLEU. The vocabulary is trained on the
+  training split only, stored beside the prepared dataset for reuse by later
+  runs, and copied into the workdir so that translation needs nothing but the
+  workdir.
   """
   data_dir = os.path.expanduser(data_config.data_dir)
-  splits = corpora.load_splits(data_config, data_dir)
+  splits = clean_splits(corpora.load_splits(data_config, data_dir),
+                        data_config.max_len)
   vocab_path = os.path.join(
       data_dir,
       'vocab',
-      f'{data_config.dataset}_{data_config.source}{data_config.target}'
-      f'_{data_config.vocab_size}.model',
+      f'{corpora.vocab_key(data_config)}_{data_config.vocab_size}.model',
   )
   sp = tokenizer.train_or_load(
       (text for pair in splits['train'] for text in pair),

@@ -10,6 +10,7 @@ import sentencepiece as spm
 PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2
+_MAX_TRAINING_SENTENCES = 4_000_000
 
 
 def train_or_load(
@@ -27,6 +28,7 @@ def train_or_load(
     The loaded processor.
   """
   if not os.path.exists(model_path):
+    spm.set_random_generator_seed(0)
     os.makedirs(os.path.dirname(model_path) or '.', exist_ok=True)
     with tempfile.TemporaryDirectory(dir=os.path.dirname(model_path)) as tmp:
       prefix = os.path.join(tmp, 'spm')
@@ -41,6 +43,10 @@ def train_or_load(
           eos_id=EOS_ID,
           unk_id=UNK_ID,
           bos_id=-1,
+          # Large corpora (WMT14: 9M sentences) train on a uniform sample,
+          # which bounds the trainer's time and memory.
+          input_sentence_size=_MAX_TRAINING_SENTENCES,
+          shuffle_input_sentence=True,
           # Keeps the trainer deterministic and quiet.
           num_threads=1,
           minloglevel=2,

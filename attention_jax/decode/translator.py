@@ -90,9 +90,7 @@ class Translator:
         for ids in sp.encode(list(sentences))
     ]
     outputs = [''] * len(sources)
-    rows = batches.process_rows(
-        self._batch_size, jax.process_index(), jax.process_count()
-    )
+    rows = sharding.process_rows(self._mesh, self._batch_size)
     for indices, tokens in batches.source_batches(
         sources, self._batch_size, self._max_len
     ):

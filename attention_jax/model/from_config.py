@@ -9,7 +9,9 @@ import ml_collections
 from attention_jax import attention
 from attention_jax.attention import kernels
 from attention_jax.attention import positions
+from attention_jax.data import corpora
 from attention_jax.model.config import TransformerConfig
+from attention_jax.train import sharding
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -20,6 +22,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   Raises:
     ValueError: naming the offending field and how to fix it.
   """
+  corpora.check_dataset(config.data)
   model = config.model
   _check_attention(model)
   for width in ('emb_dim', 'qkv_dim'):
@@ -34,14 +37,32 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f'config.model.dtype={model.dtype!r}; valid choices are: '
         f'{", ".join(_DTYPES)}.'
     )
+  _check_parallelism(config)
+
+
+def _check_parallelism(config: ml_collections.ConfigDict) -> None:
+  """The mesh fits the devices and every batch splits over it."""
   devices = jax.device_count()
-  for field, rows in (('batch_size', config.batch_size),
-                      ('eval.decode_batch_size', config.eval.decode_batch_size)):
-    if rows % devices:
-      raise ValueError(
-          f'config.{field}={rows} is not divisible by the {devices} devices '
-          'of the data axis; use a multiple of the device count.'
-      )
+  sharding.mesh_shape(config.mesh, devices)
+  sharding.logical_rules(config.mesh)
+  if config.micro_batches < 1:
+    raise ValueError(
+        f'config.micro_batches={config.micro_batches} must be at least 1.'
+    )
+  rows_per_slice = devices * config.micro_batches
+  if config.batch_size % rows_per_slice:
+    raise ValueError(
+        f'config.batch_size={config.batch_size} does not split into '
+        f'config.micro_batches={config.micro_batches} micro-batches over the '
+        f'{devices} devices of the data and fsdp axes; use a multiple of '
+        f'{rows_per_slice}.'
+    )
+  if config.eval.decode_batch_size % devices:
+    raise ValueError(
+        f'config.eval.decode_batch_size={config.eval.decode_batch_size} is '
+        f'not divisible by the {devices} devices of the data and fsdp axes; '
+        'use a multiple of the device count.'
+    )
 
 
 _PLACES = ('encoder_self_attention', 'decoder_self_attention',

@@ -11,6 +11,7 @@ import numpy as np
 
 from attention_jax import attention
 from attention_jax.attention import positions
+from attention_jax.model import partitioning as part
 from attention_jax.model.config import TransformerConfig
 
 
@@ -44,10 +45,29 @@ class MlpBlock(nn.Module):
   def __call__(self, x):
     cfg = self.cfg
     init = nn.initializers.xavier_uniform()
-    y = nn.Dense(cfg.mlp_dim, dtype=cfg.dtype, kernel_init=init)(x)
+    y = nn.Dense(
+        cfg.mlp_dim,
+        dtype=cfg.dtype,
+        kernel_init=part.init(init, part.EMBED, part.MLP),
+        bias_init=part.init(nn.initializers.zeros, part.MLP),
+    )(x)
     y = nn.relu(y)
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=cfg.deterministic)
-    return nn.Dense(x.shape[-1], dtype=cfg.dtype, kernel_init=init)(y)
+    return nn.Dense(
+        x.shape[-1],
+        dtype=cfg.dtype,
+        kernel_init=part.init(init, part.MLP, part.EMBED),
+        bias_init=part.init(nn.initializers.zeros, part.EMBED),
+    )(y)
+
+
+def layer_norm(cfg: TransformerConfig, name: str | None = None):
+  return nn.LayerNorm(
+      dtype=cfg.dtype,
+      scale_init=part.init(nn.initializers.ones, part.EMBED),
+      bias_init=part.init(nn.initializers.zeros, part.EMBED),
+      name=name,
+  )
 
 
 class Residual(nn.Module):
@@ -58,7 +78,7 @@ class Residual(nn.Module):
   @nn.compact
   def __call__(self, sublayer, x, *args):
     cfg = self.cfg
-    norm = nn.LayerNorm(dtype=cfg.dtype)
+    norm = layer_norm(cfg)
     y = sublayer(norm(x) if cfg.pre_layer_norm else x, *args)
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=cfg.deterministic)
     return x + y if cfg.pre_layer_norm else norm(x + y)
@@ -139,7 +159,10 @@ class Transformer(nn.Module):
         cfg.vocab_size,
         cfg.emb_dim,
         dtype=cfg.dtype,
-        embedding_init=nn.initializers.normal(stddev=cfg.emb_dim**-0.5),
+        embedding_init=part.init(
+            nn.initializers.normal(stddev=cfg.emb_dim**-0.5), part.VOCAB,
+            part.EMBED,
+        ),
     )
     positions.check_scheme(cfg.position_scheme)
     if cfg.position_scheme == 'learned':
@@ -147,7 +170,9 @@ class Transformer(nn.Module):
           cfg.max_len,
           cfg.emb_dim,
           dtype=cfg.dtype,
-          embedding_init=nn.initializers.normal(stddev=0.02),
+          embedding_init=part.init(
+            nn.initializers.normal(stddev=0.02), part.TABLE, part.EMBED
+        ),
       )
     self.encoder_layers = [
         EncoderLayer(cfg, name=f'encoder_{i}')
@@ -161,8 +186,8 @@ class Transformer(nn.Module):
     self.encoder_dropout = nn.Dropout(cfg.dropout_rate)
     self.decoder_dropout = nn.Dropout(cfg.dropout_rate)
     if cfg.pre_layer_norm:
-      self.encoder_norm = nn.LayerNorm(dtype=cfg.dtype)
-      self.decoder_norm = nn.LayerNorm(dtype=cfg.dtype)
+      self.encoder_norm = layer_norm(cfg)
+      self.decoder_norm = layer_norm(cfg)
 
   def _embed(self, tokens_BxL, positions_BxL, dropout):
     x = self.embed(tokens_BxL) * jnp.sqrt(self.cfg.emb_dim).astype(

@@ -1,12 +1,15 @@
 """Orbax checkpoints of the training state and the data stream position.
 
 Orbax writes each step into a temporary directory and renames it when
-complete, so a run killed mid-save leaves the previous checkpoint intact.
+complete, so a run killed mid-save leaves the previous checkpoint intact;
+the unfinished directory is never listed as a step.
 """
 
+import glob
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
@@ -14,11 +17,34 @@ import orbax.checkpoint as ocp
 class Checkpointer:
   """Saves and restores (train state, data stream state) pairs by step."""
 
-  def __init__(self, workdir: str, keep: int):
+  def __init__(self, workdir: str, keep: int, remove_unfinished: bool = False):
+    """Opens (and creates) `workdir/checkpoints`.
+
+    Args:
+      workdir: the run directory; checkpoints go to its `checkpoints/`.
+      keep: how many of the newest checkpoints to keep.
+      remove_unfinished: delete the temporary directories of saves that a
+        killed process left behind. Orbax removes one only when the same
+        step is saved again, which never happens to a save at an odd step
+        (preemption, time limit). Only the run that writes checkpoints may
+        ask: a reader, such as translation, would delete a save in progress.
+    """
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    if remove_unfinished and jax.process_index() == 0:
+      unfinished = glob.glob(
+          os.path.join(self.directory, '*.orbax-checkpoint-tmp*')
+      )
+      if unfinished:
+        logging.warning(
+            'Removing unfinished checkpoint save(s) of a killed run: %s',
+            ', '.join(sorted(unfinished)),
+        )
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True,
+            cleanup_tmp_directories=remove_unfinished,
+        ),
         item_names=('state', 'data'),
     )
 

@@ -1,30 +1,117 @@
-"""Device mesh, shardings, and sharded creation of the training state."""
+"""Device mesh, shardings, and sharded creation of the training state.
 
+The mesh has two axes: `data` (replicas that each hold whole parameters)
+and `fsdp` (devices that split parameters and optimizer state between them
+and gather them layer by layer). The batch is split over both. Which
+parameter dimensions go to which mesh axis is decided by `config.mesh.rules`
+from the logical names the model declares (see `model/partitioning.py`).
+"""
+
+import math
+
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import ml_collections
 import numpy as np
 import optax
 
+from attention_jax.model import partitioning
 from attention_jax.train.steps import TrainState
 
 DATA_AXIS = 'data'
+FSDP_AXIS = 'fsdp'
+MESH_AXES = (DATA_AXIS, FSDP_AXIS)
 
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh over every device of every process, batch on `data`."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def mesh_shape(
+    mesh_config: ml_collections.ConfigDict, num_devices: int
+) -> tuple[int, int]:
+  """(data, fsdp) sizes; one of them may be -1, meaning "the rest".
+
+  Raises:
+    ValueError: naming the fields when they do not multiply to the devices.
+  """
+  sizes = [mesh_config[axis] for axis in MESH_AXES]
+  fields = ' × '.join(f'config.mesh.{a}={s}' for a, s in zip(MESH_AXES, sizes))
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(
+        f'{fields}: each size must be positive, and at most one may be -1 '
+        '("the rest of the devices").'
+    )
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(
+          f'{fields} cannot cover the {num_devices} devices: {num_devices} is '
+          f'not divisible by {known}; choose sizes that divide it.'
+      )
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(
+        f'{fields} needs {math.prod(sizes)} devices, but this run has '
+        f'{num_devices}; make the product equal the device count, or set one '
+        'size to -1.'
+    )
+  return sizes[0], sizes[1]
+
+
+def logical_rules(mesh_config: ml_collections.ConfigDict) -> dict[str, str]:
+  """Logical parameter axis -> mesh axis ('' replicates), checked.
+
+  Raises:
+    ValueError: for an unknown logical name or mesh axis.
+  """
+  rules = dict(mesh_config.rules)
+  for name, axis in rules.items():
+    if name not in partitioning.NAMES:
+      raise ValueError(
+          f'config.mesh.rules.{name}: the model has no parameter axis '
+          f'{name!r}; its axes are: {", ".join(partitioning.NAMES)}.'
+      )
+    if axis and axis not in MESH_AXES:
+      raise ValueError(
+          f'config.mesh.rules.{name}={axis!r} is not a mesh axis; use one of '
+          f'{", ".join(MESH_AXES)}, or \'\' to replicate.'
+      )
+  return rules
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
+  """The (data, fsdp) mesh over `devices`, by default all of all processes."""
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_config, len(devices))
+  return Mesh(mesh_utils.create_device_mesh(shape, devices=devices), MESH_AXES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Rows of a batch split over all devices, data and fsdp alike."""
+  return NamedSharding(mesh, P(MESH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def process_rows(mesh: Mesh, global_rows: int) -> slice:
+  """The contiguous rows of a global batch that this process's devices hold.
+
+  Each process loads only these rows; `to_global` assembles them.
+  """
+  shards = batch_sharding(mesh).addressable_devices_indices_map((global_rows,))
+  starts = sorted({index[0].indices(global_rows)[:2] for index in shards.values()})
+  for (_, stop), (start, _) in zip(starts, starts[1:]):
+    if stop != start:
+      raise ValueError(
+          f'This process holds rows {starts} of each batch, which are not '
+          'contiguous; build the mesh with make_mesh.'
+      )
+  return slice(starts[0][0], starts[-1][1])
 
 
 def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh):
@@ -38,6 +125,12 @@ def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh):
 
 def _state_initializer(model: nn.Module, tx: optax.GradientTransformation,
                        max_len: int):
+  """Builds the state with parameters still boxed with their axis names.
+
+  The optimizer's moments are created from the boxed parameters, so they
+  carry the same names and are sharded like the parameters they track.
+  """
+
   def init(seed):
     init_rng, dropout_rng = jax.random.split(jax.random.key(seed))
     dummy = jnp.ones((1, max_len), jnp.int32)
@@ -53,16 +146,47 @@ def _state_initializer(model: nn.Module, tx: optax.GradientTransformation,
   return init
 
 
+def _mesh_spec(shape, logical: P, rules: dict[str, str], mesh: Mesh,
+               unsplit: list[str], path: str) -> P:
+  """Mesh axes for one leaf; dimensions the axis does not divide replicate."""
+  axes = []
+  for size, name in zip(shape, tuple(logical) + (None,) * len(shape)):
+    axis = (rules.get(name) or None) if name else None
+    if axis and size % mesh.shape[axis]:
+      unsplit.append(f'{path} ({name}={size}, {axis}={mesh.shape[axis]})')
+      axis = None
+    axes.append(axis)
+  return P(*axes)
+
+
 def abstract_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
     seed: int,
     mesh: Mesh,
     max_len: int,
+    rules: dict[str, str],
 ) -> tuple[TrainState, TrainState]:
   """Shapes of the training state and the sharding of each leaf."""
-  abstract = jax.eval_shape(_state_initializer(model, tx, max_len), seed)
-  return abstract, jax.tree.map(lambda _: replicated(mesh), abstract)
+  boxed = jax.eval_shape(_state_initializer(model, tx, max_len), seed)
+  logical = nn.get_partition_spec(boxed)
+  abstract = nn.unbox(boxed)
+  unsplit = []
+  shardings = jax.tree_util.tree_map_with_path(
+      lambda path, leaf, spec: NamedSharding(
+          mesh,
+          _mesh_spec(leaf.shape, spec, rules, mesh, unsplit,
+                     jax.tree_util.keystr(path)),
+      ),
+      abstract,
+      logical,
+  )
+  if unsplit:
+    logging.info(
+        'Replicated instead of split (size not divisible by the mesh axis): '
+        '%s', '; '.join(unsplit),
+    )
+  return abstract, shardings
 
 
 def create_train_state(
@@ -71,6 +195,7 @@ def create_train_state(
     seed: int,
     mesh: Mesh,
     max_len: int,
+    rules: dict[str, str],
 ) -> tuple[TrainState, TrainState]:
   """Initialises the state directly into its sharding on the mesh.
 
@@ -80,6 +205,8 @@ def create_train_state(
   Returns:
     (state, shardings) where shardings is a pytree of `NamedSharding`s.
   """
-  _, shardings = abstract_train_state(model, tx, seed, mesh, max_len)
+  _, shardings = abstract_train_state(model, tx, seed, mesh, max_len, rules)
   init = _state_initializer(model, tx, max_len)
-  return jax.jit(init, out_shardings=shardings)(seed), shardings
+  return jax.jit(
+      lambda s: nn.unbox(init(s)), out_shardings=shardings
+  )(seed), shardings

@@ -1,5 +1,6 @@
 """Pure training and evaluation steps."""
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -49,16 +50,56 @@ def _forward(model: nn.Module, params, batch, rngs=None):
   )
 
 
+def _micro_batches(batch, count: int):
+  """[B, ...] -> [count, B / count, ...], micro-batch i = rows i, i+count, ...
+
+  Strided rather than contiguous rows, so that every device keeps holding
+  an equal share of each micro-batch of the batch-sharded rows.
+  """
+  return jax.tree.map(
+      lambda x: jnp.swapaxes(
+          x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1
+      ),
+      batch,
+  )
+
+
+def _summed_loss(params, batch, rng, *, model, label_smoothing):
+  """Sum of token losses, and the sums the step's metrics are made of."""
+  logits = _forward(model, params, batch, rngs={'dropout': rng})
+  smoothed, nll = token_losses(logits, batch['targets'], label_smoothing)
+  weights = (batch['targets_segmentation'] > 0).astype(jnp.float32)
+  correct = jnp.argmax(logits, -1) == batch['targets']
+  sums = {
+      'loss': (smoothed * weights).sum(),
+      'nll': (nll * weights).sum(),
+      'accuracy': (correct * weights).sum(),
+      'target_tokens': weights.sum(),
+  }
+  return sums['loss'], sums
+
+
 def train_step(
-    state: TrainState, batch, *, model: nn.Module, label_smoothing: float
+    state: TrainState,
+    batch,
+    *,
+    model: nn.Module,
+    label_smoothing: float,
+    micro_batches: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a packed global batch.
+
+  Gradients of summed token losses are accumulated over `micro_batches`
+  slices of the batch and divided by the batch's token count once, so the
+  update equals that of the whole batch at once while only one micro-batch's
+  activations are alive at a time.
 
   Args:
     state: the current training state.
     batch: packed arrays (see `attention_jax.data.packing`).
     model: the training-mode Transformer.
     label_smoothing: mass moved from the gold token to the others.
+    micro_batches: slices the batch is processed in; divides its rows.
 
   Returns:
     The new state and scalar metrics of this step.
@@ -66,19 +107,33 @@ def train_step(
   dropout_rng = jax.random.fold_in(
       jax.random.wrap_key_data(state.rng), state.step
   )
-  weights = (batch['targets_segmentation'] > 0).astype(jnp.float32)
-  num_tokens = jnp.maximum(weights.sum(), 1.0)
+  grad_fn = jax.grad(
+      functools.partial(
+          _summed_loss, model=model, label_smoothing=label_smoothing
+      ),
+      has_aux=True,
+  )
+  if micro_batches == 1:
+    grads, sums = grad_fn(state.params, batch, dropout_rng)
+  else:
+    def accumulate(totals, micro_and_index):
+      micro, index = micro_and_index
+      step_totals = grad_fn(
+          state.params, micro, jax.random.fold_in(dropout_rng, index)
+      )
+      return jax.tree.map(jnp.add, totals, step_totals), None
 
-  def loss_fn(params):
-    logits = _forward(model, params, batch, rngs={'dropout': dropout_rng})
-    smoothed, nll = token_losses(logits, batch['targets'], label_smoothing)
-    correct = jnp.argmax(logits, -1) == batch['targets']
-    loss = (smoothed * weights).sum() / num_tokens
-    return loss, ((nll * weights).sum(), (correct * weights).sum())
-
-  (loss, (nll_sum, correct_sum)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True
-  )(state.params)
+    slices = _micro_batches(batch, micro_batches)
+    first = jax.tree.map(lambda x: x[0], slices)
+    zeros = jax.tree.map(
+        jnp.zeros_like,
+        jax.eval_shape(grad_fn, state.params, first, dropout_rng),
+    )
+    (grads, sums), _ = jax.lax.scan(
+        accumulate, zeros, (slices, jnp.arange(micro_batches))
+    )
+  num_tokens = jnp.maximum(sums['target_tokens'], 1.0)
+  grads = jax.tree.map(lambda g: g / num_tokens, grads)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(
       step=state.step + 1,
@@ -86,12 +141,11 @@ def train_step(
       opt_state=opt_state,
   )
   metrics = {
-      'loss': loss,
-      'nll': nll_sum / num_tokens,
-      'accuracy': correct_sum / num_tokens,
-      'grad_norm': optax.tree.norm(grads),
-      'target_tokens': weights.sum(),
+      name: sums[name] / num_tokens for name in ('loss', 'nll', 'accuracy')
   }
+  metrics.update(
+      grad_norm=optax.tree.norm(grads), target_tokens=sums['target_tokens']
+  )
   return new_state, metrics
 
 

@@ -11,6 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from attention_jax import distributed
 from attention_jax.data import batches
 from attention_jax.data import input_pipeline
 from attention_jax.decode.translator import Translator
@@ -19,6 +20,8 @@ from attention_jax.model.transformer import Transformer
 from attention_jax.train import evaluate
 from attention_jax.train import flops
 from attention_jax.train import optim
+from attention_jax.train import preemption
+from attention_jax.train import run_config
 from attention_jax.train import sharding
 from attention_jax.train import steps
 from attention_jax.train.checkpoint import Checkpointer
@@ -58,36 +61,52 @@ def translator_for(config, cfg, mesh) -> Translator:
   )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict | None:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
+  SIGTERM (preemption) stops training after the current step, with a
+  checkpoint of it; rerunning the same command continues from there.
+
   Returns:
-    The results also written to `workdir/results.json`.
+    The results also written to `workdir/results.json`, or None when
+    preempted before the end.
   """
   from_config.check_config(config)
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
+  checkpointer = Checkpointer(
+      workdir, config.keep_checkpoints, remove_unfinished=True
+  )
+  if checkpointer.latest_step() is not None:
+    run_config.check_resumable(config, workdir)
   if is_chief:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-  data = input_pipeline.load(config.data, workdir)
+    run_config.record(config, workdir)
+  with distributed.chief_first('prepare data'):
+    data = input_pipeline.load(config.data, workdir)
   sp = data.tokenizer
   cfg = from_config.transformer_config(config, sp.vocab_size())
   train_model = Transformer(cfg)
   eval_model = Transformer(cfg.replace(deterministic=True))
   tx, schedule = optim.make_optimizer(config)
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(config.mesh)
   state, state_shardings = sharding.create_train_state(
-      train_model, tx, config.seed, mesh, config.data.max_len
+      train_model, tx, config.seed, mesh, config.data.max_len,
+      sharding.logical_rules(config.mesh),
   )
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info('Model: %s parameters, %s', f'{num_params:,}', cfg)
 
-  stream = batches.PackedTrainStream(
-      data.train, config.batch_size, config.data.max_len, config.seed,
-      jax.process_index(), jax.process_count(),
+  rows = sharding.process_rows(mesh, config.batch_size)
+  logging.info(
+      'Mesh %s; process %d loads rows %d:%d of each global batch of %d.',
+      dict(mesh.shape), jax.process_index(), rows.start, rows.stop,
+      config.batch_size,
   )
-  checkpointer = Checkpointer(workdir, config.keep_checkpoints)
+  stream = batches.PackedTrainStream(
+      data.train, config.batch_size, config.data.max_len, config.seed, rows
+  )
   train_seconds = 0.0
   if (latest := checkpointer.latest_step()) is not None:
     state, saved = checkpointer.restore(latest, state, state_shardings)
@@ -101,6 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           steps.train_step,
           model=train_model,
           label_smoothing=config.label_smoothing,
+          micro_batches=config.micro_batches,
       ),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
@@ -112,8 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       out_shardings=sharding.replicated(mesh),
   )
   valid_batches = batches.packed_eval_batches(
-      data.valid, config.batch_size, config.data.max_len,
-      jax.process_index(), jax.process_count(),
+      data.valid, config.batch_size, config.data.max_len, rows
   )
   translator = translator_for(config, cfg, mesh)
   bleu_pairs = data.valid_text[: config.eval.bleu_sentences or None]
@@ -135,85 +154,95 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch = first_batch
   step = int(state.step)
   time_limit = config.max_train_seconds or math.inf
-  while step < config.num_train_steps and train_seconds < time_limit:
-    state, metrics = train_fn(state, batch)
-    # The previous step's metrics are read only now, so the host never
-    # waits for the device that is already running this step.
-    if pending is not None:
-      interval_tokens += _check_finite(*pending, checkpointer)['target_tokens']
-    step += 1
-    interval_steps += 1
-    pending = (step, metrics)
-    out_of_time = (
-        train_seconds + time.perf_counter() - interval_start >= time_limit
-    )
-    is_last = step == config.num_train_steps or out_of_time
-    batch = None if is_last else sharding.to_global(next(stream), mesh)
-
-    if step % config.log_every == 0 or is_last:
-      last = _check_finite(*pending, checkpointer)
-      pending = None
-      interval_tokens += last['target_tokens']
-      elapsed = time.perf_counter() - interval_start
-      train_seconds += elapsed
-      step_time = elapsed / interval_steps
-      scalars = {
-          'train/loss': last['loss'],
-          'train/nll': last['nll'],
-          'train/accuracy': last['accuracy'],
-          'train/grad_norm': last['grad_norm'],
-          'train/learning_rate': float(schedule(step)),
-          'train/target_tokens_per_sec': interval_tokens / elapsed,
-          'train/seconds': train_seconds,
-      }
-      if step_flops:
-        scalars['train/mfu'] = step_flops / step_time / peak
-      writer.write(step, scalars)
-      logging.info(
-          'step %d/%d | loss %.3f | lr %.2e | %.0f tgt tok/s | MFU %s | '
-          'ETA %s',
-          step, config.num_train_steps, last['loss'],
-          scalars['train/learning_rate'],
-          scalars['train/target_tokens_per_sec'],
-          f'{100 * scalars["train/mfu"]:.1f}%' if step_flops else 'n/a',
-          _format_seconds(max(0.0, min(
-              step_time * (config.num_train_steps - step),
-              time_limit - train_seconds,
-          ))),
-      )
-      interval_start, interval_steps, interval_tokens = time.perf_counter(), 0, 0.0
-
-    if step % config.eval_every == 0 and not is_last:
-      eval_start = time.perf_counter()
-      scores = evaluate.eval_loss(eval_fn, state.params, valid_batches, mesh)
-      valid_bleu, _ = evaluate.translate_and_score(
-          translator, state.params, sp, bleu_pairs
-      )
-      writer.write(step, {
-          **{f'valid/{k}': v for k, v in scores.items()},
-          'valid/bleu': valid_bleu,
-          'train/seconds': train_seconds,
-      })
-      logging.info(
-          'step %d | valid loss %.3f | valid BLEU (%d sentences) %.2f | '
-          'trained %s', step, scores['loss'], len(bleu_pairs), valid_bleu,
-          _format_seconds(train_seconds),
-      )
-      # Evaluation time is not training time.
-      interval_start += time.perf_counter() - eval_start
-
-    if step % config.checkpoint_every == 0 or is_last:
+  preempted = False
+  with preemption.PreemptionWatcher() as watcher:
+    while step < config.num_train_steps and train_seconds < time_limit:
+      state, metrics = train_fn(state, batch)
+      # The previous step's metrics are read only now, so the host never
+      # waits for the device that is already running this step.
       if pending is not None:
-        _check_finite(*pending, checkpointer)
-      checkpointer.save(
-          step, state,
-          {'stream': stream.state(), 'train_seconds': train_seconds},
+        previous = _check_finite(*pending, checkpointer)
+        interval_tokens += previous['target_tokens']
+      step += 1
+      interval_steps += 1
+      pending = (step, metrics)
+      out_of_time = (
+          train_seconds + time.perf_counter() - interval_start >= time_limit
       )
-    if out_of_time:
-      logging.info(
-          'Reached max_train_seconds=%d after step %d.', time_limit, step
-      )
-      break
+      preempted = watcher.should_stop(step)
+      is_last = step == config.num_train_steps or out_of_time or preempted
+      # Where a run resumed from this step's checkpoint must read on: the
+      # stream's position before the next batch is prefetched.
+      stream_position = stream.state()
+      batch = None if is_last else sharding.to_global(next(stream), mesh)
+
+      if step % config.log_every == 0 or is_last:
+        last = _check_finite(*pending, checkpointer)
+        pending = None
+        interval_tokens += last['target_tokens']
+        elapsed = time.perf_counter() - interval_start
+        train_seconds += elapsed
+        step_time = elapsed / interval_steps
+        scalars = {
+            'train/loss': last['loss'],
+            'train/nll': last['nll'],
+            'train/accuracy': last['accuracy'],
+            'train/grad_norm': last['grad_norm'],
+            'train/learning_rate': float(schedule(step)),
+            'train/target_tokens_per_sec': interval_tokens / elapsed,
+            'train/seconds': train_seconds,
+        }
+        if step_flops:
+          scalars['train/mfu'] = step_flops / step_time / peak
+        writer.write(step, scalars)
+        logging.info(
+            'step %d/%d | loss %.3f | lr %.2e | %.0f tgt tok/s | MFU %s | '
+            'ETA %s',
+            step, config.num_train_steps, last['loss'],
+            scalars['train/learning_rate'],
+            scalars['train/target_tokens_per_sec'],
+            f'{100 * scalars["train/mfu"]:.1f}%' if step_flops else 'n/a',
+            _format_seconds(max(0.0, min(
+                step_time * (config.num_train_steps - step),
+                time_limit - train_seconds,
+            ))),
+        )
+        interval_start, interval_steps, interval_tokens = (
+            time.perf_counter(), 0, 0.0
+        )
+
+      if step % config.eval_every == 0 and not is_last:
+        eval_start = time.perf_counter()
+        scores = evaluate.eval_loss(eval_fn, state.params, valid_batches, mesh)
+        valid_bleu, _ = evaluate.translate_and_score(
+            translator, state.params, sp, bleu_pairs
+        )
+        writer.write(step, {
+            **{f'valid/{k}': v for k, v in scores.items()},
+            'valid/bleu': valid_bleu,
+            'train/seconds': train_seconds,
+        })
+        logging.info(
+            'step %d | valid loss %.3f | valid BLEU (%d sentences) %.2f | '
+            'trained %s', step, scores['loss'], len(bleu_pairs), valid_bleu,
+            _format_seconds(train_seconds),
+        )
+        # Evaluation time is not training time.
+        interval_start += time.perf_counter() - eval_start
+
+      if step % config.checkpoint_every == 0 or is_last:
+        if pending is not None:
+          _check_finite(*pending, checkpointer)
+        checkpointer.save(
+            step, state,
+            {'stream': stream_position, 'train_seconds': train_seconds},
+        )
+      if out_of_time:
+        logging.info(
+            'Reached max_train_seconds=%d after step %d.', time_limit, step
+        )
+      if out_of_time or preempted:
+        break
 
   if pending is not None:
     _check_finite(*pending, checkpointer)
@@ -222,6 +251,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step, state, {'stream': stream.state(), 'train_seconds': train_seconds}
     )
   checkpointer.wait()
+  if preempted:
+    writer.close()
+    checkpointer.close()
+    logging.info(
+        'Preempted (SIGTERM) at step %d; saved checkpoint %s. Rerun the same '
+        'command to continue from it.', step, checkpointer.path(step),
+    )
+    return None
   results = _final_evaluation(
       config, workdir, state.params, data, translator, eval_fn, valid_batches,
       mesh,

@@ -68,6 +68,26 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
   # Packed rows of data.max_len tokens per global batch, over all devices.
   config.batch_size = 16
+  # Gradient accumulation: the batch is processed in this many slices, so a
+  # batch too large for device memory still gives the same update.
+  config.micro_batches = 1
+
+  # Devices of all processes form a (data, fsdp) mesh; -1 is "the rest".
+  # Batch rows are split over both axes; parameters and optimizer state are
+  # split over `fsdp` only, by the rules below.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  # Logical parameter axis (attention_jax/model/partitioning.py) -> mesh
+  # axis; '' keeps that axis whole on every device.
+  config.mesh.rules = ml_collections.ConfigDict({
+      'vocab': '',
+      'embed': 'fsdp',
+      'mlp': '',
+      'heads': '',
+      'head_dim': '',
+      'table': '',
+  })
   # Whichever comes first ends training: this many steps, or this much
   # training time in seconds (0: no time limit). The default is the hour of
   # the 2-core CPU quality bar, which covers about 4,800 steps there.

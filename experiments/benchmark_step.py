@@ -1,0 +1,210 @@
+"""Speed of the training step of a config, on synthetic packed batches.
+
+  python -m experiments.benchmark_step \\
+    --config=experiments/configs/wmt14_base.py --steps=30 --json_out=/tmp/step.json
+  python -m experiments.benchmark_step --config=experiments/configs/smoke.py \\
+    --steps=3
+
+The model, optimizer, sharded state and jitted step are built with the same
+calls as `attention_jax/train/trainer.py`, so the number is what training
+would see with the data pipeline keeping up. Batches hold random token ids
+packed like `attention_jax/data/packing.py` packs sentence pairs: each row
+several pairs with segment ids and per-pair positions, `--fill` of its slots
+used. Steps are dispatched back to back and the clock stops when the last
+one's state is ready, as in training, where the host never waits for a step.
+"""
+
+import functools
+import json
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+from attention_jax.data import packing
+from attention_jax.model import from_config
+from attention_jax.model.transformer import Transformer
+from attention_jax.train import flops
+from attention_jax.train import optim
+from attention_jax.train import sharding
+from attention_jax.train import steps
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file.', lock_config=True
+)
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed training steps.')
+_WARMUP = flags.DEFINE_integer(
+    'warmup', 3, 'Untimed steps after compilation (allocator, clocks).'
+)
+_FILL = flags.DEFINE_float(
+    'fill', 0.95, 'Share of the token slots of each row that hold tokens.'
+)
+_MEAN_SENTENCE = flags.DEFINE_integer(
+    'mean_sentence', 32, 'Mean sentence length in tokens, which sets how '
+    'many pairs share a row.'
+)
+_NUM_BATCHES = flags.DEFINE_integer(
+    'num_batches', 4, 'Distinct batches the timed steps cycle through.'
+)
+_JSON_OUT = flags.DEFINE_string(
+    'json_out', None, 'Where to write the numbers as JSON.'
+)
+
+_HOURS_FOR = 100_000
+# Ids 0 and 1 are padding and end-of-sentence in our sentencepiece models.
+_FIRST_WORD_ID = 2
+
+
+def synthetic_batch(rng: np.random.Generator, rows: int, max_len: int,
+                    vocab_size: int) -> dict[str, np.ndarray]:
+  """Random packed rows: same pair count per side, `--fill` of slots used.
+
+  Each side of a row splits its filled slots at random cut points, so pairs
+  have random, unequal source and target lengths.
+  """
+  filled = max(1, round(_FILL.value * max_len))
+  per_row = max(1, filled // _MEAN_SENTENCE.value)
+  pairs, layout = [], []
+  for _ in range(rows):
+    sides = []
+    for _ in packing.FIELDS:
+      cuts = np.sort(rng.choice(np.arange(1, filled), per_row - 1, False))
+      lengths = np.diff(np.concatenate([[0], cuts, [filled]]))
+      sides.append([rng.integers(_FIRST_WORD_ID, vocab_size, n) for n in lengths])
+    layout.append(list(range(len(pairs), len(pairs) + per_row)))
+    pairs.extend(zip(*sides))
+  return packing.rows_to_batch(pairs, layout, max_len)
+
+
+def _device_summary() -> str:
+  device = jax.devices()[0]
+  return f'{jax.device_count()} x {device.device_kind} ({device.platform})'
+
+
+def _peak_memory_gib() -> float | None:
+  """Peak bytes allocated on the first device, where the backend counts them."""
+  stats = jax.devices()[0].memory_stats()
+  if not stats or 'peak_bytes_in_use' not in stats:
+    return None
+  return stats['peak_bytes_in_use'] / 2**30
+
+
+def _step(config, model):
+  """The trainer's training step for `model`, to be jitted."""
+  return functools.partial(
+      steps.train_step, model=model, label_smoothing=config.label_smoothing,
+      micro_batches=config.micro_batches,
+  )
+
+
+def _traced_flops(config, cfg, state, batch) -> float | None:
+  """FLOPs of one training step as traced, counted by XLA's CPU cost model.
+
+  Reported beside the compiled program's own count (`flops.compiled_flops`,
+  which the trainer's MFU uses) because on GPU that one leaves out most of
+  the work of cuBLAS and cuDNN custom calls (for wmt14_base on an H100 it was
+  a sixth of this count), and GPU backends cannot count a program before
+  compiling it. The step is traced with XLA attention, whose FLOPs a fused
+  kernel does too, and lowered for the CPU, whatever the backend.
+  """
+  step = _step(config, Transformer(cfg.replace(implementation='xla')))
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        (state, batch))
+  with jax.default_device(jax.devices('cpu')[0]):
+    analysis = jax.jit(step).lower(*shapes).cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  return float(analysis['flops']) if analysis and 'flops' in analysis else None
+
+
+def measure(config) -> dict:
+  """Compiles and times the training step of `config`; returns the numbers."""
+  from_config.check_config(config)
+  vocab_size, max_len = config.data.vocab_size, config.data.max_len
+  cfg = from_config.transformer_config(config, vocab_size)
+  model = Transformer(cfg)
+  tx, _ = optim.make_optimizer(config)
+  mesh = sharding.make_mesh(config.mesh)
+  state, state_shardings = sharding.create_train_state(
+      model, tx, config.seed, mesh, max_len,
+      sharding.logical_rules(config.mesh),
+  )
+  train_fn = jax.jit(
+      _step(config, model),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0,
+  )
+  rng = np.random.default_rng(config.seed)
+  host_batches = [
+      synthetic_batch(rng, config.batch_size, max_len, vocab_size)
+      for _ in range(_NUM_BATCHES.value)
+  ]
+  target_tokens = np.mean(
+      [(b['targets_segmentation'] > 0).sum() for b in host_batches]
+  )
+  device_batches = [sharding.to_global(b, mesh) for b in host_batches]
+
+  step_flops = _traced_flops(config, cfg, state, host_batches[0])
+  start = time.perf_counter()
+  compiled = train_fn.lower(state, device_batches[0]).compile()
+  compile_seconds = time.perf_counter() - start
+  # cuDNN fused attention appears in the compiled step as these custom calls.
+  cudnn_attention_calls = compiled.as_text().count('__cudnn$fmha')
+
+  for i in range(_WARMUP.value):
+    state, metrics = compiled(state, device_batches[i % len(device_batches)])
+  jax.block_until_ready((state, metrics))
+  start = time.perf_counter()
+  for i in range(_STEPS.value):
+    state, metrics = compiled(state, device_batches[i % len(device_batches)])
+  jax.block_until_ready((state, metrics))
+  seconds_per_step = (time.perf_counter() - start) / _STEPS.value
+  loss = float(metrics['loss'])
+
+  return {
+      'device': _device_summary(),
+      'dtype': config.model.dtype,
+      'implementation': config.model.implementation,
+      'cudnn_attention_calls': cudnn_attention_calls,
+      'batch_rows': config.batch_size,
+      'max_len': max_len,
+      'target_tokens_per_step': float(target_tokens),
+      'parameters': int(sum(x.size for x in jax.tree.leaves(state.params))),
+      'compile_seconds': compile_seconds,
+      'flops_per_step': step_flops,
+      'compiled_flops_per_step': flops.compiled_flops(compiled),
+      'seconds_per_step': seconds_per_step,
+      'target_tokens_per_second': target_tokens / seconds_per_step,
+      'tflops_per_second': (
+          step_flops / seconds_per_step / 1e12 if step_flops else None
+      ),
+      'steps_per_hour': 3600 / seconds_per_step,
+      f'hours_for_{_HOURS_FOR}_steps': _HOURS_FOR * seconds_per_step / 3600,
+      'peak_memory_gib': _peak_memory_gib(),
+      'final_loss': loss,
+      'timed_steps': _STEPS.value,
+      'jax_version': jax.__version__,
+  }
+
+
+def main(argv) -> None:
+  del argv
+  if _CONFIG.value is None:
+    raise app.UsageError('--config is required.')
+  results = measure(_CONFIG.value)
+  for name, value in results.items():
+    shown = value
+    if isinstance(value, float):
+      shown = f'{value:,.0f}' if abs(value) >= 1000 else f'{value:.4g}'
+    print(f'{name:>28}: {shown}', flush=True)
+  if _JSON_OUT.value:
+    with open(_JSON_OUT.value, 'w') as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)

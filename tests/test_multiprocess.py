@@ -1,0 +1,103 @@
+"""Two real processes joined by jax.distributed against one process.
+
+The processes run `launch.py` on 127.0.0.1 with CPU collectives over gloo,
+two simulated devices each; the reference is one process with four.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _launch(workdir, data_dir, steps, devices, log, distributed=()):
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  )
+  command = [
+      sys.executable, 'launch.py', '--config=experiments/configs/smoke.py',
+      f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
+      f'--config.num_train_steps={steps}', '--config.log_every=5',
+      '--config.checkpoint_every=10', '--config.eval_every=1000',
+      '--config.eval.bleu_sentences=8', '--config.eval.final_sentences=16',
+      *distributed,
+  ]
+  return subprocess.Popen(
+      command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+  )
+
+
+def _run(*args):
+  with open(args[4], 'w') as log:
+    process = _launch(*args[:4], log)
+    assert process.wait(timeout=600) == 0, open(args[4]).read()[-3000:]
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  steps = [r['step'] for r in records if 'train/loss' in r]
+  # A second writer would repeat every step.
+  assert len(steps) == len(set(steps)), steps
+  return {r['step']: r['train/loss'] for r in records if 'train/loss' in r}
+
+
+def test_two_processes_match_one_and_their_checkpoint_restores_in_one(
+    data_dir, tmp_path
+):
+  reference, shared = tmp_path / 'one_process', tmp_path / 'two_processes'
+  _run(reference, data_dir, 40, 4, tmp_path / 'reference.log')
+
+  port = _free_port()
+  logs = [tmp_path / f'process_{i}.log' for i in range(2)]
+  processes = []
+  for index, log_path in enumerate(logs):
+    log = open(log_path, 'w')
+    processes.append(_launch(
+        shared, data_dir, 20, 2, log,
+        (f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+         f'--process_id={index}'),
+    ))
+  codes = [p.wait(timeout=600) for p in processes]
+  outputs = [open(path).read() for path in logs]
+  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+
+  # Each process loaded only its half of every global batch of 16 rows.
+  for index, output in enumerate(outputs):
+    assert re.search(
+        rf'process {index} loads rows {8 * index}:{8 * index + 8} of each '
+        'global batch of 16', output
+    ), output[-3000:]
+    assert 'Process %d/2' % index in output
+  with open(shared / 'results.json') as f:
+    assert json.load(f)['steps'] == 20
+
+  expected = _losses(reference)
+  two = _losses(shared)
+  assert sorted(two) == [5, 10, 15, 20]
+  differences = [abs(two[s] - expected[s]) for s in two]
+  print('2 processes vs 1: max |loss difference| over steps 5-20:',
+        max(differences))
+  assert max(differences) < 1e-5, (two, expected)
+
+  # The 2-process checkpoint of step 20 continues in one process.
+  _run(shared, data_dir, 40, 4, tmp_path / 'resumed.log')
+  assert 'Resumed from step 20' in open(tmp_path / 'resumed.log').read()
+  resumed = _losses(shared)
+  for step in range(25, 41, 5):
+    assert resumed[step] == pytest.approx(expected[step], abs=1e-5), step
