@@ -9,17 +9,14 @@ joins over jax.distributed on 127.0.0.1, as tests/test_multiprocess.py does.
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
 from attention_jax.train import trainer
 from experiments.configs import smoke
+import smoke_runs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TMP_MARK = 'orbax-checkpoint-tmp'
 _OVERRIDES = {
     'num_train_steps': 60, 'log_every': 5, 'eval_every': 1000,
@@ -45,20 +42,9 @@ def launch(data_dir):
   processes = []
 
   def start(workdir, log_path, devices=8, extra=()):
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS='cpu',
-        XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-    )
-    command = [
-        sys.executable, 'launch.py', '--config=experiments/configs/smoke.py',
-        f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-        *(f'--config.{name}={value}' for name, value in _OVERRIDES.items()),
-        *extra,
-    ]
     with open(log_path, 'a') as log:
-      processes.append(subprocess.Popen(
-          command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+      processes.append(smoke_runs.start(
+          workdir, data_dir, log, devices, _OVERRIDES, extra
       ))
     return processes[-1]
 
@@ -177,16 +163,10 @@ def test_sigkill_during_a_save_resumes_from_the_last_finished_one(
   _assert_matches_reference(workdir, reference_losses, finished)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(
     launch, tmp_path
 ):
-  port = _free_port()
+  port = smoke_runs.free_port()
   logs = [tmp_path / f'process_{i}.log' for i in range(2)]
   processes = [
       launch(tmp_path / 'run', logs[i], devices=2, extra=(

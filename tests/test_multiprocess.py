@@ -7,38 +7,20 @@ two simulated devices each; the reference is one process with four.
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 
 import pytest
 
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+import smoke_runs
 
 
 def _launch(workdir, data_dir, steps, devices, log, distributed=()):
-  env = dict(
-      os.environ,
-      JAX_PLATFORMS='cpu',
-      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-  )
-  command = [
-      sys.executable, 'launch.py', '--config=experiments/configs/smoke.py',
-      f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-      f'--config.num_train_steps={steps}', '--config.log_every=5',
-      '--config.checkpoint_every=10', '--config.eval_every=1000',
-      '--config.eval.bleu_sentences=8', '--config.eval.final_sentences=16',
-      *distributed,
-  ]
-  return subprocess.Popen(
-      command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+  overrides = {
+      'num_train_steps': steps, 'log_every': 5, 'checkpoint_every': 10,
+      'eval_every': 1000, 'eval.bleu_sentences': 8,
+      'eval.final_sentences': 16,
+  }
+  return smoke_runs.start(
+      workdir, data_dir, log, devices, overrides, distributed
   )
 
 
@@ -63,7 +45,7 @@ def test_two_processes_match_one_and_their_checkpoint_restores_in_one(
   reference, shared = tmp_path / 'one_process', tmp_path / 'two_processes'
   _run(reference, data_dir, 40, 4, tmp_path / 'reference.log')
 
-  port = _free_port()
+  port = smoke_runs.free_port()
   logs = [tmp_path / f'process_{i}.log' for i in range(2)]
   processes = []
   for index, log_path in enumerate(logs):

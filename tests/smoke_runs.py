@@ -1,0 +1,43 @@
+"""Starts `launch.py` on the smoke config as a real subprocess."""
+
+import os
+import socket
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start(workdir, data_dir, log, devices: int, overrides: dict,
+          extra=()) -> subprocess.Popen:
+  """One training process on `devices` simulated CPU devices.
+
+  Args:
+    workdir: the run's --workdir.
+    data_dir: a prepared config.data.data_dir.
+    log: an open file receiving stdout and stderr.
+    devices: simulated CPU devices of the process.
+    overrides: config field (dotted, without 'config.') -> value.
+    extra: further command-line flags, e.g. the distributed ones.
+  """
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  )
+  command = [
+      sys.executable, 'launch.py', '--config=experiments/configs/smoke.py',
+      f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
+      *(f'--config.{name}={value}' for name, value in overrides.items()),
+      *extra,
+  ]
+  return subprocess.Popen(
+      command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+  )
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 nothing listens on, for a coordinator."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
