@@ -4,6 +4,7 @@ import functools
 import json
 import math
 import os
+import resource
 import time
 
 from absl import logging
@@ -214,18 +215,18 @@ def train_and_evaluate(
       if step % config.eval_every == 0 and not is_last:
         eval_start = time.perf_counter()
         scores = evaluate.eval_loss(eval_fn, state.params, valid_batches, mesh)
-        valid_bleu, _ = evaluate.translate_and_score(
-            translator, state.params, sp, bleu_pairs
-        )
-        writer.write(step, {
-            **{f'valid/{k}': v for k, v in scores.items()},
-            'valid/bleu': valid_bleu,
-            'train/seconds': train_seconds,
-        })
+        scalars = {f'valid/{k}': v for k, v in scores.items()}
+        if config.eval.valid_bleu:
+          scalars['valid/bleu'], _ = evaluate.translate_and_score(
+              translator, state.params, sp, bleu_pairs
+          )
+        writer.write(step, {**scalars, 'train/seconds': train_seconds})
         logging.info(
-            'step %d | valid loss %.3f | valid BLEU (%d sentences) %.2f | '
-            'trained %s', step, scores['loss'], len(bleu_pairs), valid_bleu,
-            _format_seconds(train_seconds),
+            'step %d | valid loss %.3f | %s | trained %s', step,
+            scores['loss'],
+            f'valid BLEU ({len(bleu_pairs)} sentences) '
+            f'{scalars["valid/bleu"]:.2f}' if config.eval.valid_bleu
+            else 'valid BLEU off', _format_seconds(train_seconds),
         )
         # Evaluation time is not training time.
         interval_start += time.perf_counter() - eval_start
@@ -264,6 +265,7 @@ def train_and_evaluate(
       mesh,
   )
   results.update(
+      **_peak_memory(),
       num_params=num_params,
       steps=step,
       train_seconds=train_seconds,
@@ -273,12 +275,14 @@ def train_and_evaluate(
   if is_chief:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2, default=str)
-  writer.write(step, {k: results[k] for k in ('test_bleu', 'valid_bleu')})
+  writer.write(step, {
+      k: results[k] for k in ('test_bleu', 'valid_bleu') if k in results
+  })
   writer.close()
   checkpointer.close()
   logging.info(
-      'Done: test BLEU %.2f, valid BLEU %.2f, valid loss %.3f after %d steps.',
-      results['test_bleu'], results['valid_bleu'], results['eval_loss'], step,
+      'Done: test BLEU %.2f, valid loss %.3f after %d steps.',
+      results['test_bleu'], results['eval_loss'], step,
   )
   return results
 
@@ -291,18 +295,46 @@ def _final_evaluation(config, workdir, params, data, translator, eval_fn,
   out_dir = os.path.join(workdir, 'translations')
   os.makedirs(out_dir, exist_ok=True)
   limit = config.eval.final_sentences or None
-  for split, pairs in (('valid', data.valid_text[:limit]),
-                       ('test', data.test_text[:limit])):
+  splits = [('test', data.test_text[:limit])]
+  if config.eval.valid_bleu:
+    splits.insert(0, ('valid', data.valid_text[:limit]))
+  for split, pairs in splits:
     start = time.perf_counter()
     score, hypotheses = evaluate.translate_and_score(
         translator, params, data.tokenizer, pairs
     )
+    seconds = time.perf_counter() - start
+    # Pieces of the detokenised output: the decoded tokens, less EOS.
+    pieces = sum(len(ids) for ids in data.tokenizer.encode(hypotheses))
     results[f'{split}_bleu'] = score
-    results[f'{split}_decode_seconds'] = time.perf_counter() - start
+    results[f'{split}_decode_seconds'] = seconds
+    results[f'{split}_decode_tokens_per_sec'] = pieces / seconds
     if jax.process_index() == 0:
       with open(os.path.join(out_dir, f'{split}.txt'), 'w') as f:
         f.writelines(h + '\n' for h in hypotheses)
+      # The references beside the translations, for significance tests.
+      with open(os.path.join(out_dir, f'{split}_references.txt'), 'w') as f:
+        f.writelines(t + '\n' for _, t in pairs)
   return results
+
+
+def _peak_memory() -> dict:
+  """This process's peak memory: the devices' where they report it.
+
+  Accelerators report peak bytes in use; the CPU backend does not, so there
+  it is the process's peak resident set (parameters, activations, data and
+  the Python runtime together).
+  """
+  peaks = [
+      (d.memory_stats() or {}).get('peak_bytes_in_use')
+      for d in jax.local_devices()
+  ]
+  if all(p is not None for p in peaks):
+    return {'peak_memory_bytes': int(max(peaks)),
+            'peak_memory_kind': 'device'}
+  max_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return {'peak_memory_bytes': int(max_rss_kib) * 1024,
+          'peak_memory_kind': 'host RSS'}
 
 
 def _mean_tokens_per_sec(workdir: str) -> float | None:

@@ -106,6 +106,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.eval.decode_batch_size = 64
   # Validation sentences translated at each periodic eval; 0: all of them.
   config.eval.bleu_sentences = 300
+  # False: validation is scored by loss only (periodically and at the end),
+  # and only the test split is translated, as in ablation studies.
+  config.eval.valid_bleu = True
   # Sentences of each split translated at the end; 0: all of them.
   config.eval.final_sentences = 0
   return config

@@ -1,0 +1,463 @@
+"""The report of a study workdir: report.md, results.csv, summary.csv, plots.
+
+  python -m attention_jax.ablation.report --workdir=DIR
+
+reads DIR/study.json and whatever its points have written, so it runs on a
+finished, a partial or a shared multi-machine workdir alike. It imports no
+JAX.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from attention_jax.ablation import runner
+from attention_jax.ablation import significance
+from attention_jax.ablation import study as study_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+ATTENTION_BENCHMARK = os.path.join(
+    REPO, 'experiments', 'results', 'attention_benchmark', 'attention.json'
+)
+_ATTENTION_FIELDS = ('attention', 'encoder_self_attention',
+                     'decoder_self_attention', 'cross_attention')
+
+
+@dataclasses.dataclass
+class PointRecord:
+  """What one point left in its workdir."""
+  name: str
+  variant: str
+  seed: int
+  status: str
+  results: dict[str, Any]
+  error: str
+  wall_seconds: float
+  valid_loss: list[tuple[int, float]]
+  test_stats: np.ndarray | None
+  test_references: list[str] | None
+
+
+def _read_lines(path: str) -> list[str] | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return [line.rstrip('\n') for line in f]
+
+
+def read_point(workdir: str, entry: dict) -> PointRecord:
+  point = study_lib.Point(entry['variant'], entry['seed'], entry['overrides'])
+  path = runner.point_dir(workdir, point)
+  state = runner.status(path)
+  results, error = {}, ''
+  if state == runner.DONE:
+    with open(os.path.join(path, 'results.json')) as f:
+      results = json.load(f)
+  elif state == runner.FAILED:
+    with open(os.path.join(path, 'error.json')) as f:
+      error = json.load(f)['error']
+  wall = 0.0
+  for line in _read_lines(os.path.join(path, 'attempts.jsonl')) or []:
+    wall += json.loads(line)['seconds']
+  valid_loss = []
+  for line in _read_lines(os.path.join(path, 'metrics.jsonl')) or []:
+    record = json.loads(line)
+    if 'valid/loss' in record:
+      valid_loss.append((record['step'], record['valid/loss']))
+  stats = references = None
+  hypotheses = _read_lines(os.path.join(path, 'translations', 'test.txt'))
+  references = _read_lines(
+      os.path.join(path, 'translations', 'test_references.txt')
+  )
+  if state == runner.DONE and hypotheses is not None and references:
+    stats = significance.sentence_stats(hypotheses, references)
+  return PointRecord(point.name, point.variant, point.seed, state, results,
+                     error, wall, valid_loss, stats, references)
+
+
+def _mean(values: Sequence[float]) -> float:
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else math.nan
+
+
+def _std(values: Sequence[float]) -> float:
+  """Sample standard deviation; nan for fewer than two values."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def summarise(records: list[PointRecord], baseline: str,
+              num_samples: int = 1000) -> list[dict[str, Any]]:
+  """One row per variant, in sweep order."""
+  variants = list(dict.fromkeys(r.variant for r in records))
+  by_variant = {v: [r for r in records if r.variant == v] for v in variants}
+
+  def stats_of(variant):
+    done = [r for r in by_variant[variant] if r.test_stats is not None]
+    return np.stack([r.test_stats for r in done]) if done else None
+
+  references = {tuple(r.test_references) for r in records
+                if r.test_references is not None}
+  if len(references) > 1:
+    raise ValueError(
+        'The finished points were tested on different test sets (their '
+        'translations/test_references.txt differ); a paired comparison needs '
+        'one test set. Rerun the odd points with the same data config.'
+    )
+  baseline_stats = stats_of(baseline)
+  rows = []
+  for variant in variants:
+    done = [r for r in by_variant[variant] if r.status == runner.DONE]
+    bleu = [r.results['test_bleu'] for r in done]
+    row = {
+        'variant': variant,
+        'finished': len(done),
+        'points': len(by_variant[variant]),
+        'test_bleu_mean': _mean(bleu),
+        'test_bleu_std': _std(bleu),
+        'valid_loss': _mean([r.results['eval_loss'] for r in done]),
+        'steps': _mean([r.results['steps'] for r in done]),
+        'num_params': _mean([r.results['num_params'] for r in done]),
+        'train_tokens_per_sec': _mean(
+            [r.results.get('train_tokens_per_sec') for r in done]),
+        'peak_memory_mib': _mean(
+            [r.results.get('peak_memory_bytes', math.nan) / 2**20
+             for r in done]),
+        'decode_tokens_per_sec': _mean(
+            [r.results.get('test_decode_tokens_per_sec') for r in done]),
+        'wall_seconds': _mean([r.wall_seconds for r in done]),
+        'difference': math.nan, 'ci_low': math.nan, 'ci_high': math.nan,
+        'p_value': math.nan,
+    }
+    variant_stats = stats_of(variant)
+    if (variant != baseline and variant_stats is not None
+        and baseline_stats is not None):
+      comparison = significance.paired_bootstrap(
+          baseline_stats, variant_stats, num_samples
+      )
+      row.update(difference=comparison.difference, ci_low=comparison.ci_low,
+                 ci_high=comparison.ci_high, p_value=comparison.p_value)
+    rows.append(row)
+  best = max((r['test_bleu_mean'] for r in rows
+              if not math.isnan(r['test_bleu_mean'])), default=math.nan)
+  for row in rows:
+    row['gap_to_best'] = row['test_bleu_mean'] - best
+  return rows
+
+
+_POINT_COLUMNS = (
+    'name', 'variant', 'seed', 'status', 'test_bleu', 'eval_loss', 'steps',
+    'num_params', 'train_tokens_per_sec', 'peak_memory_bytes',
+    'peak_memory_kind', 'test_decode_tokens_per_sec', 'train_seconds',
+    'wall_seconds', 'error',
+)
+
+
+def _write_csv(path: str, columns: Sequence[str], rows: list[dict]) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, columns, extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+  return '–' if value is None or math.isnan(value) else f'{value:.{digits}f}'
+
+
+def _fmt_int(value: float) -> str:
+  return '–' if value is None or math.isnan(value) else f'{value:,.0f}'
+
+
+def _markdown_table(rows: list[dict], baseline: str, memory_kind: str) -> str:
+  head = (
+      '| variant | seeds | test BLEU (mean ± std) | Δ vs baseline [95% CI] '
+      '| p | vs best | valid loss | params | train tok/s | '
+      f'peak memory MiB ({memory_kind}) | decode tok/s | wall s/point |\n'
+      '|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+  )
+  lines = []
+  for r in rows:
+    if r['variant'] == baseline:
+      delta, p = 'baseline', ''
+    elif math.isnan(r['difference']):
+      delta, p = '–', '–'
+    else:
+      delta = (f'{r["difference"]:+.2f} [{r["ci_low"]:+.2f}, '
+               f'{r["ci_high"]:+.2f}]')
+      p = f'{r["p_value"]:.3f}'
+    lines.append(
+        f'| {r["variant"]} | {r["finished"]}/{r["points"]} '
+        f'| {_fmt(r["test_bleu_mean"])} ± {_fmt(r["test_bleu_std"])} '
+        f'| {delta} | {p} | {_fmt(r["gap_to_best"])} '
+        f'| {_fmt(r["valid_loss"], 3)} | {_fmt_int(r["num_params"])} '
+        f'| {_fmt_int(r["train_tokens_per_sec"])} '
+        f'| {_fmt_int(r["peak_memory_mib"])} '
+        f'| {_fmt_int(r["decode_tokens_per_sec"])} '
+        f'| {_fmt_int(r["wall_seconds"])} |'
+    )
+  return head + '\n'.join(lines) + '\n'
+
+
+def _significance_text(rows: list[dict], baseline: str) -> str:
+  compared = [r for r in rows
+              if r['variant'] != baseline and not math.isnan(r['p_value'])]
+  if not compared:
+    return 'No variant could be compared with the baseline.'
+  better = [r['variant'] for r in compared
+            if r['p_value'] < 0.05 and r['difference'] > 0]
+  worse = [r['variant'] for r in compared
+           if r['p_value'] < 0.05 and r['difference'] < 0]
+  same = [r['variant'] for r in compared if r['p_value'] >= 0.05]
+  parts = [f'Of {len(compared)} variants compared with `{baseline}` by '
+           'paired bootstrap (p < 0.05):']
+  parts.append(f'significantly better: {", ".join(better) or "none"};')
+  parts.append(f'significantly worse: {", ".join(worse) or "none"};')
+  parts.append(
+      f'not significantly different: {", ".join(same) or "none"}.'
+  )
+  return ' '.join(parts)
+
+
+def _mechanisms(entries: list[dict], base_config: dict) -> list[str]:
+  """Attention mechanisms the study's points use, in first-use order."""
+  names = []
+  for entry in entries:
+    model = dict(base_config.get('model', {}))
+    for field, value in entry['overrides'].items():
+      if field.startswith('model.'):
+        model[field[len('model.'):]] = value
+    for field in _ATTENTION_FIELDS:
+      if model.get(field):
+        names.append(model[field])
+  return list(dict.fromkeys(names))
+
+
+def _plot_valid_loss(path: str, records: list[PointRecord]) -> bool:
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  plotted = False
+  for variant in dict.fromkeys(r.variant for r in records):
+    curves = [dict(r.valid_loss) for r in records
+              if r.variant == variant and r.valid_loss]
+    if not curves:
+      continue
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    if not steps:
+      continue
+    values = np.array([[c[s] for s in steps] for c in curves])
+    mean = values.mean(0)
+    line, = ax.plot(steps, mean, label=f'{variant} (n={len(curves)})')
+    ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2,
+                    color=line.get_color())
+    plotted = True
+  if plotted:
+    ax.set_xlabel('training step')
+    ax.set_ylabel('validation loss (token NLL)')
+    ax.set_title('Validation loss: mean over seeds, band = min to max')
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return plotted
+
+
+def _plot_bleu(path: str, rows: list[dict], baseline: str) -> bool:
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  rows = [r for r in rows if not math.isnan(r['test_bleu_mean'])]
+  if not rows:
+    return False
+  fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(rows) + 2), 4.5))
+  x = np.arange(len(rows))
+  ax.bar(
+      x, [r['test_bleu_mean'] for r in rows],
+      yerr=[0 if math.isnan(r['test_bleu_std']) else r['test_bleu_std']
+            for r in rows],
+      capsize=4,
+      color=['tab:gray' if r['variant'] == baseline else 'tab:blue'
+             for r in rows],
+  )
+  ax.set_xticks(x, [r['variant'] for r in rows], rotation=35, ha='right',
+                fontsize=8)
+  ax.set_ylabel('test BLEU')
+  ax.set_title('Test BLEU per variant: mean ± std over seeds '
+               '(grey: baseline)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def _plot_attention_benchmark(path: str, mechanisms: list[str]) -> str | None:
+  """Time and memory of one attention call vs length; returns the setup."""
+  if not os.path.exists(ATTENTION_BENCHMARK):
+    return None
+  with open(ATTENTION_BENCHMARK) as f:
+    benchmark = json.load(f)
+  rows = [r for r in benchmark['results']
+          if r['variant'] in mechanisms and r['status'] == 'ok'
+          and r['mode'] == 'forward_backward']
+  if not rows:
+    return None
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+  for mechanism in mechanisms:
+    points = sorted((r['length'], r['seconds'], r['memory_mb'])
+                    for r in rows if r['variant'] == mechanism)
+    if not points:
+      continue
+    lengths, seconds, memory = zip(*points)
+    time_ax.plot(lengths, seconds, marker='o', label=mechanism)
+    memory_ax.plot(lengths, memory, marker='o', label=mechanism)
+  for ax, label in ((time_ax, 'seconds per call (forward + backward)'),
+                    (memory_ax, 'peak memory of the call, MiB')):
+    ax.set_xscale('log', base=2)
+    ax.set_yscale('log')
+    ax.set_xlabel('sequence length')
+    ax.set_ylabel(label)
+    ax.legend(fontsize=7)
+  setup = benchmark['setup']
+  fig.suptitle(
+      'One attention call (experiments/benchmark_attention.py): batch '
+      f'{setup["batch"]}, {setup["heads"]} heads x {setup["head_dim"]}, '
+      f'{setup["dtype"]}, {setup["cpus"]} CPUs; missing points ran out of '
+      'memory or time', fontsize=9,
+  )
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return json.dumps(setup)
+
+
+def write_report(workdir: str, num_samples: int = 1000) -> str:
+  """Writes the report files of the study in `workdir`; returns report.md."""
+  manifest_path = os.path.join(workdir, 'study.json')
+  if not os.path.exists(manifest_path):
+    raise FileNotFoundError(
+        f'{manifest_path} does not exist: {workdir} is not a study workdir. '
+        'Run the study (python launch.py --config=STUDY --workdir=DIR) or '
+        'print its commands (--print_commands) first.'
+    )
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  with open(manifest_path) as f:
+    manifest = json.load(f)
+  records = [read_point(workdir, e) for e in manifest['points']]
+  baseline = manifest['baseline']
+  rows = summarise(records, baseline, num_samples)
+
+  point_rows = []
+  for r in records:
+    point_rows.append({
+        'name': r.name, 'variant': r.variant, 'seed': r.seed,
+        'status': r.status, 'wall_seconds': round(r.wall_seconds, 1),
+        'error': r.error, **{k: v for k, v in r.results.items()
+                             if k in _POINT_COLUMNS},
+    })
+  _write_csv(os.path.join(workdir, 'results.csv'), _POINT_COLUMNS, point_rows)
+  _write_csv(os.path.join(workdir, 'summary.csv'), list(rows[0]), rows)
+
+  kinds = {r.results.get('peak_memory_kind') for r in records if r.results}
+  memory_kind = '/'.join(sorted(k for k in kinds if k)) or 'n/a'
+  plots = []
+  if _plot_valid_loss(os.path.join(workdir, 'valid_loss.png'), records):
+    plots.append(('Validation loss against training steps', 'valid_loss.png'))
+  if _plot_bleu(os.path.join(workdir, 'bleu.png'), rows, baseline):
+    plots.append(('Test BLEU per variant', 'bleu.png'))
+  base_config = next(
+      (r.results['config'] for r in records if r.results), {}
+  )
+  mechanisms = _mechanisms(manifest['points'], base_config)
+  if _plot_attention_benchmark(
+      os.path.join(workdir, 'attention_benchmark.png'), mechanisms):
+    plots.append((
+        'One attention call of each mechanism the study uses, against '
+        'sequence length', 'attention_benchmark.png',
+    ))
+
+  budget = manifest['budget']
+  budget_text = (
+      f'equal training steps ({budget["train_steps"]:,} per point)'
+      if budget['kind'] == 'steps'
+      else f'equal training time ({budget["train_seconds"]} s per point)'
+  )
+  done = sum(r.status == runner.DONE for r in records)
+  lines = [
+      f'# Study `{os.path.splitext(os.path.basename(manifest["study"]))[0]}`',
+      '',
+      manifest['description'],
+      '',
+      f'- Command: `{manifest["command"]}`',
+      f'- Commit: `{manifest["commit"]}`',
+      f'- Budget: {budget_text}.',
+      f'- Points finished: {done} of {len(records)}; total wall time '
+      f'{sum(r.wall_seconds for r in records) / 60:.1f} min.',
+      f'- Baseline: `{baseline}`.',
+      '',
+      '## Results',
+      '',
+      _markdown_table(rows, baseline, memory_kind),
+      _significance_text(rows, baseline),
+      '',
+      'Test BLEU is sacrebleu\'s corpus BLEU on the whole test split; mean ± '
+      'sample standard deviation over the finished seeds. Δ is the variant\'s '
+      'mean BLEU minus the baseline\'s; its 95% interval (2.5th to 97.5th '
+      f'percentile) and p-value come from {num_samples} paired bootstrap '
+      'resamples of the test sentences, each resample scoring every seed of '
+      'both sides on the same sentences (attention_jax/ablation/'
+      'significance.py). The interval covers test-set sampling; the spread '
+      'over seeds is the ± column. "vs best" is the gap to the best mean. '
+      'Valid loss is the token-level NLL on the whole validation split after '
+      'training; train tok/s counts target tokens; decode tok/s counts '
+      'output pieces of the test translation (beam search); peak memory is '
+      f'{memory_kind} of the training process; wall s/point includes start-'
+      'up, compilation and evaluation.',
+      '',
+  ]
+  if manifest.get('reference'):
+    lines += ['## Published finding, for comparison', '',
+              manifest['reference'], '']
+  failed = [r for r in records if r.status == runner.FAILED]
+  unfinished = [r for r in records
+                if r.status in (runner.PENDING, runner.INTERRUPTED)]
+  if failed:
+    lines += ['## Failed points', '', '| point | error |', '|---|---|']
+    lines += [f'| {r.name} | {r.error.splitlines()[0] if r.error else ""} |'
+              for r in failed]
+    lines += ['', 'Each point\'s full traceback is in its error.json, its '
+              'output in log.txt.', '']
+  if unfinished:
+    lines += ['## Unfinished points', '']
+    lines += [f'- {r.name}: {r.status}' for r in unfinished]
+    lines += ['']
+  if plots:
+    lines += ['## Plots', '']
+    for title, name in plots:
+      lines += [f'### {title}', '', f'![{title}]({name})', '']
+  lines += ['Per point: results.csv; per variant: summary.csv.', '']
+  text = '\n'.join(lines)
+  with open(os.path.join(workdir, 'report.md'), 'w') as f:
+    f.write(text)
+  logging.info('Wrote %s (%d of %d points finished).',
+               os.path.join(workdir, 'report.md'), done, len(records))
+  return text
+
+
+def main(argv):
+  del argv
+  write_report(flags.FLAGS.workdir, flags.FLAGS.bootstrap_samples)
+
+
+if __name__ == '__main__':
+  # Defined here, not at import: launch.py imports this module and has its
+  # own --workdir.
+  flags.DEFINE_string('workdir', None, 'Study workdir.', required=True)
+  flags.DEFINE_integer('bootstrap_samples', 1000, 'Paired bootstrap resamples.')
+  app.run(main)

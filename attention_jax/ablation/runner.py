@@ -1,0 +1,262 @@
+"""Runs a study's points one after another, each in its own process.
+
+Layout of a study workdir:
+
+  study.json                      the points, baseline, budget, command, commit
+  points/<variant>/seed=<s>/      one trainer workdir per point, plus
+      log.txt                     the point's output (appended per attempt)
+      attempts.jsonl              wall time and outcome of each attempt
+      error.json                  why the last attempt failed, if it did
+  report.md, results.csv, summary.csv, *.png   (attention_jax.ablation.report)
+
+A point with results.json is finished and skipped; one with a checkpoint
+resumes from it (the trainer does that); one that failed is retried once per
+study run and, if it fails again, recorded with its error while the study
+goes on. SIGTERM stops the point in progress at a checkpoint and ends the
+study; rerunning the same command continues.
+"""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import traceback
+
+from absl import logging
+import ml_collections
+
+from attention_jax.ablation import study as study_lib
+
+DONE, FAILED, INTERRUPTED, PENDING = 'done', 'failed', 'interrupted', 'pending'
+LAUNCH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    'launch.py',
+)
+
+
+def point_dir(workdir: str, point: study_lib.Point) -> str:
+  return os.path.join(workdir, 'points', point.variant, f'seed={point.seed}')
+
+
+def status(path: str) -> str:
+  """Where the point whose workdir is `path` stands."""
+  if os.path.exists(os.path.join(path, 'results.json')):
+    return DONE
+  if os.path.exists(os.path.join(path, 'error.json')):
+    return FAILED
+  checkpoints = os.path.join(path, 'checkpoints')
+  if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    return INTERRUPTED
+  return PENDING
+
+
+def budgeted_config(
+    study: study_lib.Study, point: study_lib.Point, equal_time: int
+) -> ml_collections.ConfigDict:
+  """The point's config at the study's budget.
+
+  Equal steps (equal_time=0): every point trains config.num_train_steps
+  steps, with no time limit. Equal time: every point trains equal_time
+  seconds (num_train_steps is then only an upper bound).
+  """
+  config = study.point_config(point)
+  config.max_train_seconds = equal_time
+  return config
+
+
+def _commit() -> str:
+  """HEAD of the code's git checkout, '+modified' if tracked files differ."""
+  def git(*args):
+    return subprocess.run(
+        ['git', *args], cwd=os.path.dirname(LAUNCH), capture_output=True,
+        text=True, check=True,
+    ).stdout.strip()
+  try:
+    head = git('rev-parse', 'HEAD')
+    return head + ('+modified' if git('status', '--porcelain', '-uno') else '')
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown (not a git checkout)'
+
+
+def point_command(
+    study: study_lib.Study, workdir: str, point: study_lib.Point,
+    config_args: list[str], equal_time: int,
+) -> list[str]:
+  """The command that runs `point` alone (on any machine sharing workdir)."""
+  return [
+      'python', 'launch.py', f'--config={study.path}', f'--workdir={workdir}',
+      f'--point={point.name}', f'--equal_time={equal_time}', *config_args,
+  ]
+
+
+def write_manifest(
+    study: study_lib.Study, workdir: str, config_args: list[str],
+    equal_time: int,
+) -> None:
+  """study.json: what the report needs to know about the study."""
+  os.makedirs(workdir, exist_ok=True)
+  manifest = {
+      'study': study.path,
+      'description': study.description,
+      'reference': study.reference,
+      'baseline': study.baseline,
+      'budget': (
+          {'kind': 'time', 'train_seconds': equal_time} if equal_time
+          else {'kind': 'steps',
+                'train_steps': study.base_config.num_train_steps}
+      ),
+      'command': shlex.join([
+          'python', 'launch.py', f'--config={study.path}',
+          f'--workdir={workdir}', *config_args,
+          *([f'--equal_time={equal_time}'] if equal_time else []),
+      ]),
+      'commit': _commit(),
+      'points': [
+          {'name': p.name, 'variant': p.variant, 'seed': p.seed,
+           'overrides': dict(p.overrides)}
+          for p in study.points
+      ],
+  }
+  path = os.path.join(workdir, 'study.json')
+  with open(path + '.tmp', 'w') as f:
+    json.dump(manifest, f, indent=2, default=str)
+  os.replace(path + '.tmp', path)
+
+
+def run_point(study: study_lib.Study, workdir: str, name: str,
+              equal_time: int, train) -> None:
+  """Trains one point in this process; records its wall time or error.
+
+  Args:
+    study: the loaded study.
+    workdir: the study workdir.
+    name: the point's name, e.g. 'attention=local/seed=1'.
+    equal_time: the study's time budget in seconds; 0 for equal steps.
+    train: `trainer.train_and_evaluate` (passed in to keep this module free
+      of JAX, so listing and reporting a study starts fast).
+  """
+  point = study.point(name)
+  path = point_dir(workdir, point)
+  os.makedirs(path, exist_ok=True)
+  error_path = os.path.join(path, 'error.json')
+  if os.path.exists(error_path):
+    os.remove(error_path)
+  start = time.time()
+  outcome = 'preempted'
+  try:
+    if train(budgeted_config(study, point, equal_time), path) is not None:
+      outcome = DONE
+  except Exception as e:  # Recorded for the report, then raised.
+    outcome = FAILED
+    with open(error_path, 'w') as f:
+      json.dump({'error': f'{type(e).__name__}: {e}',
+                 'traceback': traceback.format_exc()}, f, indent=2)
+    raise
+  finally:
+    with open(os.path.join(path, 'attempts.jsonl'), 'a') as f:
+      f.write(json.dumps({'start': start, 'seconds': time.time() - start,
+                          'outcome': outcome}) + '\n')
+
+
+class _Forwarder:
+  """Passes SIGTERM/SIGINT on to the running point and remembers it."""
+
+  def __init__(self):
+    self.child = None
+    self.stopped = False
+
+  def __call__(self, signum, frame):
+    del frame
+    self.stopped = True
+    if self.child is not None and self.child.poll() is None:
+      self.child.send_signal(signal.SIGTERM)
+
+
+def _log_tail(path: str, lines: int = 15) -> str:
+  try:
+    with open(path, errors='replace') as f:
+      return ''.join(f.readlines()[-lines:])
+  except OSError:
+    return ''
+
+
+def run_study(study: study_lib.Study, workdir: str, config_args: list[str],
+              equal_time: int) -> bool:
+  """Runs every point not finished yet, one after another.
+
+  Returns:
+    False when stopped by a signal before the last point (rerun to go on).
+  """
+  write_manifest(study, workdir, config_args, equal_time)
+  forwarder = _Forwarder()
+  previous = {s: signal.signal(s, forwarder)
+              for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    for index, point in enumerate(study.points, 1):
+      path = point_dir(workdir, point)
+      state = status(path)
+      where = f'[{index}/{len(study.points)}] {point.name}'
+      if state == DONE:
+        logging.info('%s: finished earlier, skipped.', where)
+        continue
+      logging.info(
+          '%s: %s (log: %s).', where,
+          {FAILED: 'failed before, retrying', INTERRUPTED: 'resuming',
+           PENDING: 'starting'}[state], os.path.join(path, 'log.txt'),
+      )
+      os.makedirs(path, exist_ok=True)
+      command = [sys.executable, LAUNCH,
+                 *point_command(study, workdir, point, config_args,
+                                equal_time)[2:]]
+      start = time.time()
+      with open(os.path.join(path, 'log.txt'), 'a') as log:
+        forwarder.child = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT
+        )
+        returncode = forwarder.child.wait()
+        forwarder.child = None
+      seconds = time.time() - start
+      state = status(path)
+      if state == DONE:
+        with open(os.path.join(path, 'results.json')) as f:
+          bleu = json.load(f)['test_bleu']
+        logging.info('%s: done in %.0f s, test BLEU %.2f.', where, seconds,
+                     bleu)
+      elif returncode != 0:
+        error_path = os.path.join(path, 'error.json')
+        if not os.path.exists(error_path):
+          # Killed, or died before Python could record why.
+          with open(error_path, 'w') as f:
+            json.dump({'error': f'exited with code {returncode}',
+                       'traceback': _log_tail(os.path.join(path, 'log.txt'))},
+                      f, indent=2)
+        with open(error_path) as f:
+          error = json.load(f)['error']
+        logging.warning('%s: FAILED after %.0f s: %s', where, seconds, error)
+      if forwarder.stopped:
+        logging.info(
+            'Stopped by a signal at %s; rerun the same command to resume.',
+            point.name,
+        )
+        return False
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  return True
+
+
+def print_commands(study: study_lib.Study, workdir: str,
+                   config_args: list[str], equal_time: int) -> None:
+  """One command per point not finished yet, then the report command."""
+  write_manifest(study, workdir, config_args, equal_time)
+  for point in study.points:
+    if status(point_dir(workdir, point)) != DONE:
+      print(shlex.join(
+          point_command(study, workdir, point, config_args, equal_time)
+      ))
+  print(shlex.join(
+      ['python', '-m', 'attention_jax.ablation.report', f'--workdir={workdir}']
+  ))

@@ -1,0 +1,160 @@
+"""Paired bootstrap resampling of corpus BLEU over test sentences.
+
+BLEU is not an average of sentence scores, so resampling works on each
+sentence's sufficient statistics (n-gram matches and totals, hypothesis and
+reference length): a resampled corpus sums the rows it drew and scores the
+sum. With several seeds per variant, every resample draws one set of sentence
+indices, scores each seed's translations of those sentences, and compares the
+means over seeds, so the interval covers test-set sampling of the mean BLEU
+that the report prints (the spread over seeds is reported beside it).
+
+The p-value is that of Koehn (2004) as sacrebleu computes it
+(`sacrebleu --paired-bs`): the resampled absolute differences, shifted to mean
+zero (the null hypothesis), are compared with the observed absolute
+difference. With one seed per side and the same resamples, the p-value equals
+sacrebleu's.
+"""
+
+import collections
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+from sacrebleu.tokenizers import tokenizer_13a
+
+MAX_ORDER = 4
+# Columns of a statistics row: matches of order 1..4, totals of order 1..4,
+# hypothesis length, reference length.
+NUM_STATS = 2 * MAX_ORDER + 2
+_tokenize = tokenizer_13a.Tokenizer13a()
+
+
+def _ngrams(words: list[str]) -> collections.Counter:
+  return collections.Counter(
+      tuple(words[i:i + n])
+      for n in range(1, MAX_ORDER + 1)
+      for i in range(len(words) - n + 1)
+  )
+
+
+def sentence_stats(
+    hypotheses: Sequence[str], references: Sequence[str]
+) -> np.ndarray:
+  """[sentences, NUM_STATS] BLEU statistics, 13a tokenisation (sacrebleu's)."""
+  if len(hypotheses) != len(references):
+    raise ValueError(
+        f'{len(hypotheses)} hypotheses for {len(references)} references.'
+    )
+  stats = np.zeros((len(hypotheses), NUM_STATS), np.int64)
+  for row, (hyp, ref) in enumerate(zip(hypotheses, references)):
+    hyp_words = _tokenize(hyp.rstrip()).split()
+    ref_words = _tokenize(ref.rstrip()).split()
+    hyp_counts, ref_counts = _ngrams(hyp_words), _ngrams(ref_words)
+    for gram, count in hyp_counts.items():
+      order = len(gram) - 1
+      stats[row, order] += min(count, ref_counts[gram])
+    for order in range(MAX_ORDER):
+      stats[row, MAX_ORDER + order] = max(0, len(hyp_words) - order)
+    stats[row, -2:] = len(hyp_words), len(ref_words)
+  return stats
+
+
+def bleu_from_stats(totals: np.ndarray) -> np.ndarray:
+  """Corpus BLEU (0-100) of summed statistics `[..., NUM_STATS]`.
+
+  sacrebleu's defaults: geometric mean of the four precisions with 'exp'
+  smoothing (the k-th order with no match counts as 1 / (2^k * total)),
+  times the brevity penalty.
+  """
+  totals = np.asarray(totals, np.float64)
+  matches = totals[..., :MAX_ORDER]
+  counts = totals[..., MAX_ORDER:2 * MAX_ORDER]
+  hyp_len, ref_len = totals[..., -2], totals[..., -1]
+  # 'exp' smoothing: the k-th zero-match order (k = 1, 2, ...) gets 1 / 2^k.
+  zero = matches == 0
+  smoothed = np.where(zero, 1.0 / 2.0 ** np.cumsum(zero, axis=-1), matches)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    log_precision = np.log(smoothed / counts)
+  mean_log = np.where(
+      (counts > 0).all(-1), log_precision.mean(-1), -np.inf
+  )
+  with np.errstate(divide='ignore', invalid='ignore'):
+    brevity = np.where(
+        hyp_len < ref_len, 1.0 - ref_len / np.maximum(hyp_len, 1), 0.0
+    )
+  bleu = 100.0 * np.exp(mean_log + brevity)
+  return np.where(hyp_len > 0, bleu, 0.0)
+
+
+def resample_indices(
+    num_sentences: int, num_samples: int, seed: int
+) -> np.ndarray:
+  """[num_samples, num_sentences] draws with replacement (sacrebleu's RNG)."""
+  rng = np.random.default_rng(seed)
+  return rng.choice(
+      num_sentences, size=(num_samples, num_sentences), replace=True
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  """A variant's mean BLEU over seeds minus the baseline's."""
+  difference: float
+  ci_low: float
+  ci_high: float
+  p_value: float
+  num_samples: int
+
+
+def _resampled_bleu(stats: np.ndarray, draws: np.ndarray) -> np.ndarray:
+  """[samples] mean over seeds of each resample's corpus BLEU.
+
+  `draws[i, j]` is how often resample i drew sentence j, so a resample's
+  summed statistics are one matrix product.
+  """
+  return np.mean([bleu_from_stats(draws @ s) for s in stats], axis=0)
+
+
+def paired_bootstrap(
+    baseline: np.ndarray,
+    variant: np.ndarray,
+    num_samples: int = 1000,
+    seed: int = 12345,
+) -> Comparison:
+  """Compares two systems' statistics `[seeds, sentences, NUM_STATS]`.
+
+  Returns:
+    The observed difference of mean BLEU (variant - baseline), its 95%
+    percentile interval over the resamples, and the p-value of the null
+    hypothesis that the two are equally good.
+  """
+  baseline, variant = np.asarray(baseline), np.asarray(variant)
+  if baseline.ndim == 2:
+    baseline = baseline[None]
+  if variant.ndim == 2:
+    variant = variant[None]
+  if baseline.shape[1:] != variant.shape[1:]:
+    raise ValueError(
+        f'Statistics of different test sets: baseline {baseline.shape[1]} '
+        f'sentences, variant {variant.shape[1]}.'
+    )
+  observed = float(
+      np.mean(bleu_from_stats(variant.sum(axis=1)))
+      - np.mean(bleu_from_stats(baseline.sum(axis=1)))
+  )
+  indices = resample_indices(baseline.shape[1], num_samples, seed)
+  draws = np.zeros((num_samples, baseline.shape[1]))
+  np.add.at(draws, (np.arange(num_samples)[:, None], indices), 1.0)
+  differences = (
+      _resampled_bleu(variant, draws) - _resampled_bleu(baseline, draws)
+  )
+  centred = np.abs(differences) - np.abs(differences).mean()
+  p_value = (np.sum(centred > abs(observed)) + 1) / (num_samples + 1)
+  low, high = np.percentile(differences, [2.5, 97.5])
+  return Comparison(observed, float(low), float(high), float(p_value),
+                    num_samples)
+
+
+def is_significant(comparison: Comparison, level: float = 0.05) -> bool:
+  return comparison.p_value < level and not math.isnan(comparison.p_value)
