@@ -1,4 +1,4 @@
-"""Starts `launch.py` on the smoke config as a real subprocess."""
+"""Starts `launch.py` (on the smoke config, or any flags) as a subprocess."""
 
 import os
 import socket
@@ -20,19 +20,25 @@ def start(workdir, data_dir, log, devices: int, overrides: dict,
     overrides: config field (dotted, without 'config.') -> value.
     extra: further command-line flags, e.g. the distributed ones.
   """
+  return launch(
+      ['--config=experiments/configs/smoke.py', f'--workdir={workdir}',
+       f'--config.data.data_dir={data_dir}',
+       *(f'--config.{name}={value}' for name, value in overrides.items()),
+       *extra],
+      log, devices,
+  )
+
+
+def launch(flags, log, devices: int = 1) -> subprocess.Popen:
+  """`python launch.py FLAGS` from the repository root on CPU devices."""
   env = dict(
       os.environ,
       JAX_PLATFORMS='cpu',
       XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
   )
-  command = [
-      sys.executable, 'launch.py', '--config=experiments/configs/smoke.py',
-      f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-      *(f'--config.{name}={value}' for name, value in overrides.items()),
-      *extra,
-  ]
   return subprocess.Popen(
-      command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+      [sys.executable, 'launch.py', *flags], cwd=REPO, env=env, stdout=log,
+      stderr=subprocess.STDOUT,
   )
 
 

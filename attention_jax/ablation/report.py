@@ -73,6 +73,10 @@ def read_point(workdir: str, entry: dict) -> PointRecord:
     record = json.loads(line)
     if 'valid/loss' in record:
       valid_loss.append((record['step'], record['valid/loss']))
+  if state == runner.DONE and (
+      not valid_loss or valid_loss[-1][0] != results['steps']):
+    # The final evaluation's loss ends the curve.
+    valid_loss.append((results['steps'], results['eval_loss']))
   stats = references = None
   hypotheses = _read_lines(os.path.join(path, 'translations', 'test.txt'))
   references = _read_lines(
@@ -179,9 +183,9 @@ def _fmt_int(value: float) -> str:
 def _markdown_table(rows: list[dict], baseline: str, memory_kind: str) -> str:
   head = (
       '| variant | seeds | test BLEU (mean ± std) | Δ vs baseline [95% CI] '
-      '| p | vs best | valid loss | params | train tok/s | '
+      '| p | vs best | valid loss | steps | params | train tok/s | '
       f'peak memory MiB ({memory_kind}) | decode tok/s | wall s/point |\n'
-      '|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
   )
   lines = []
   for r in rows:
@@ -197,7 +201,8 @@ def _markdown_table(rows: list[dict], baseline: str, memory_kind: str) -> str:
         f'| {r["variant"]} | {r["finished"]}/{r["points"]} '
         f'| {_fmt(r["test_bleu_mean"])} ± {_fmt(r["test_bleu_std"])} '
         f'| {delta} | {p} | {_fmt(r["gap_to_best"])} '
-        f'| {_fmt(r["valid_loss"], 3)} | {_fmt_int(r["num_params"])} '
+        f'| {_fmt(r["valid_loss"], 3)} | {_fmt_int(r["steps"])} '
+        f'| {_fmt_int(r["num_params"])} '
         f'| {_fmt_int(r["train_tokens_per_sec"])} '
         f'| {_fmt_int(r["peak_memory_mib"])} '
         f'| {_fmt_int(r["decode_tokens_per_sec"])} '
@@ -254,7 +259,8 @@ def _plot_valid_loss(path: str, records: list[PointRecord]) -> bool:
       continue
     values = np.array([[c[s] for s in steps] for c in curves])
     mean = values.mean(0)
-    line, = ax.plot(steps, mean, label=f'{variant} (n={len(curves)})')
+    line, = ax.plot(steps, mean, marker='.',
+                    label=f'{variant} (n={len(curves)})')
     ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2,
                     color=line.get_color())
     plotted = True
@@ -389,6 +395,13 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
       else f'equal training time ({budget["train_seconds"]} s per point)'
   )
   done = sum(r.status == runner.DONE for r in records)
+  steps = sorted({r.results['steps'] for r in records if r.results})
+  if budget['kind'] == 'steps' and len(steps) > 1:
+    budget_text += (
+        f' **Warning: the finished points trained {steps} steps; points '
+        'finished under an earlier budget were kept. Delete their sub-'
+        'workdirs and rerun to compare at one budget.**'
+    )
   lines = [
       f'# Study `{os.path.splitext(os.path.basename(manifest["study"]))[0]}`',
       '',

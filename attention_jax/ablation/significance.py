@@ -8,11 +8,15 @@ indices, scores each seed's translations of those sentences, and compares the
 means over seeds, so the interval covers test-set sampling of the mean BLEU
 that the report prints (the spread over seeds is reported beside it).
 
-The p-value is that of Koehn (2004) as sacrebleu computes it
-(`sacrebleu --paired-bs`): the resampled absolute differences, shifted to mean
-zero (the null hypothesis), are compared with the observed absolute
-difference. With one seed per side and the same resamples, the p-value equals
-sacrebleu's.
+The p-value is that of the shifted paired bootstrap (Koehn, 2004;
+Berg-Kirkpatrick et al., 2012): the resampled differences d_i, shifted by the
+observed difference d to play the null hypothesis, are compared with it in
+absolute value, p = (1 + #{|d_i - d| >= |d|}) / (1 + samples). sacrebleu's
+`--paired-bs` draws the same resamples (numpy's default_rng, seed 12345) but
+counts |d_i| - mean|d_i| > |d|, one tail with a strict `>`. The two agree
+where the resampled difference keeps its sign and the systems clearly differ;
+for near-identical systems they part: identical translations get
+p = 1 / (1 + samples) from sacrebleu and p = 1 here.
 """
 
 import collections
@@ -149,8 +153,8 @@ def paired_bootstrap(
   differences = (
       _resampled_bleu(variant, draws) - _resampled_bleu(baseline, draws)
   )
-  centred = np.abs(differences) - np.abs(differences).mean()
-  p_value = (np.sum(centred > abs(observed)) + 1) / (num_samples + 1)
+  shifted = np.abs(differences - observed)
+  p_value = (np.sum(shifted >= abs(observed)) + 1) / (num_samples + 1)
   low, high = np.percentile(differences, [2.5, 97.5])
   return Comparison(observed, float(low), float(high), float(p_value),
                     num_samples)

@@ -91,6 +91,8 @@ class Study:
   def point_config(self, point: Point) -> ml_collections.ConfigDict:
     """The base config with `point`'s overrides applied (a copy)."""
     config = ml_collections.ConfigDict(self.base_config.to_dict())
+    # Locked: a misspelt field is an error, not a new field.
+    config.lock()
     config.update_from_flattened_dict(dict(point.overrides))
     return config
 

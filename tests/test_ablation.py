@@ -1,0 +1,239 @@
+"""Studies: sweep expansion, bookkeeping, and a tiny study run end to end."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import smoke_runs
+
+from attention_jax.ablation import report
+from attention_jax.ablation import runner
+from attention_jax.ablation import study as study_lib
+
+_STUDY = '''\
+"""A tiny study for tests."""
+from attention_jax.ablation import study
+from experiments.configs import smoke
+BASELINE = {baseline!r}
+REFERENCE = 'Someone (2026) found something.'
+
+
+def get_config(arg=None):
+  config = smoke.get_config(arg)
+  config.num_train_steps = 10
+  config.max_train_seconds = 0
+  config.log_every = 5
+  config.eval_every = 5
+  config.checkpoint_every = 5
+  config.eval.valid_bleu = False
+  config.eval.final_sentences = 16
+  return config
+
+
+def sweep():
+  return {sweep}
+'''
+_TWO_POINTS = (
+    "study.grid({'attention': ('model.attention', "
+    "('dot_product', 'linear', 'bogus'))}, seeds=(0,))"
+)
+
+
+def _write_study(tmp_path, sweep=_TWO_POINTS,
+                 baseline='attention=dot_product') -> str:
+  path = tmp_path / 'tiny_study.py'
+  path.write_text(_STUDY.format(sweep=sweep, baseline=baseline))
+  return str(path)
+
+
+def test_grid_is_axes_times_seeds_seed_by_seed():
+  points = study_lib.grid(
+      {'heads': ('model.num_heads', (1, 2)),
+       'attention': ('model.attention', ('dot', 'linear'))},
+      seeds=(0, 7),
+  )
+  assert [p.name for p in points[:4]] == [
+      'heads=1,attention=dot/seed=0', 'heads=1,attention=linear/seed=0',
+      'heads=2,attention=dot/seed=0', 'heads=2,attention=linear/seed=0',
+  ]
+  assert [p.seed for p in points] == [0] * 4 + [7] * 4
+  assert points[6].overrides == {
+      'model.num_heads': 2, 'model.attention': 'dot', 'seed': 7,
+  }
+
+
+def test_study_point_configs_apply_overrides_to_a_copy(tmp_path):
+  study = study_lib.load(_write_study(tmp_path))
+  linear = study.point('attention=linear/seed=0')
+  config = study.point_config(linear)
+  assert config.model.attention == 'linear'
+  assert study.base_config.model.attention == 'dot_product'
+  assert study.variants == ['attention=dot_product', 'attention=linear',
+                            'attention=bogus']
+  with pytest.raises(study_lib.StudyError, match='No point'):
+    study.point('attention=linear/seed=3')
+
+
+@pytest.mark.parametrize('sweep, baseline, message', [
+    ("[study.Point('a=dot', 0, {'model.attention': 'dot'})] * 2",
+     'a=dot', 'named twice'),
+    ("[study.Point('a=dot', 0, {'seed': 1})]", 'a=dot', 'not its own seed'),
+    ("study.grid({'a': ('model.attention', ('dot',))}, seeds=(0,))",
+     'a=linear', 'BASELINE'),
+    ("study.grid({'a': ('num_train_steps', (5, 10))}, seeds=(0,))",
+     'a=5', 'one budget'),
+    ("study.grid({'a': ('model.no_such_field', (1,))}, seeds=(0,))",
+     'a=1', 'lacks'),
+    ("study.grid({'a': ('model.num_heads', ('four',))}, seeds=(0,))",
+     'a=four', 'wrong type'),
+    ('[]', 'a', 'no points'),
+])
+def test_broken_sweeps_are_refused_before_running(tmp_path, sweep, baseline,
+                                                  message):
+  with pytest.raises(study_lib.StudyError, match=message):
+    study_lib.load(_write_study(tmp_path, sweep, baseline))
+
+
+def _fake_train(outcome):
+  def train(config, workdir):
+    if outcome == 'fail':
+      raise FloatingPointError(f'loss diverged in {config.model.attention}')
+    os.makedirs(os.path.join(workdir, 'checkpoints', '5'), exist_ok=True)
+    if outcome == 'preempted':
+      return None
+    results = {'test_bleu': 1.0, 'max_train_seconds': config.max_train_seconds}
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f)
+    return results
+  return train
+
+
+def test_point_bookkeeping(tmp_path):
+  study = study_lib.load(_write_study(tmp_path))
+  workdir = str(tmp_path / 'w')
+  point = study.point('attention=linear/seed=0')
+  path = runner.point_dir(workdir, point)
+  assert runner.status(path) == runner.PENDING
+
+  with pytest.raises(FloatingPointError):
+    runner.run_point(study, workdir, point.name, 0, _fake_train('fail'))
+  assert runner.status(path) == runner.FAILED
+  with open(os.path.join(path, 'error.json')) as f:
+    assert json.load(f)['error'] == (
+        'FloatingPointError: loss diverged in linear'
+    )
+
+  runner.run_point(study, workdir, point.name, 0, _fake_train('preempted'))
+  assert runner.status(path) == runner.INTERRUPTED  # error.json cleared.
+
+  runner.run_point(study, workdir, point.name, 90, _fake_train('done'))
+  assert runner.status(path) == runner.DONE
+  with open(os.path.join(path, 'results.json')) as f:
+    assert json.load(f)['max_train_seconds'] == 90  # The time budget.
+  with open(os.path.join(path, 'attempts.jsonl')) as f:
+    outcomes = [json.loads(line)['outcome'] for line in f]
+  assert outcomes == ['failed', 'preempted', 'done']
+
+
+def _run(flags, tmp_path, name) -> str:
+  log_path = tmp_path / f'{name}.log'
+  with open(log_path, 'w') as log:
+    returncode = smoke_runs.launch(flags, log).wait(timeout=600)
+  text = log_path.read_text()
+  assert returncode == 0, text
+  return text
+
+
+def _read_csv(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_tiny_study_runs_skips_resumes_and_reports(tmp_path, data_dir):
+  study_file = _write_study(tmp_path)
+  workdir = tmp_path / 'study'
+  flags = [f'--config={study_file}', f'--workdir={workdir}',
+           f'--config.data.data_dir={data_dir}']
+  points = workdir / 'points'
+  linear = points / 'attention=linear' / 'seed=0'
+
+  log = _run(flags, tmp_path, 'first')
+  assert "FAILED after" in log and "Unknown attention 'bogus'" in log
+  rows = {r['name']: r for r in _read_csv(workdir / 'results.csv')}
+  assert [rows[n]['status'] for n in rows] == ['done', 'done', 'failed']
+  assert float(rows['attention=linear/seed=0']['steps']) == 10
+  assert 'Unknown attention' in rows['attention=bogus/seed=0']['error']
+  for name in ('report.md', 'summary.csv', 'valid_loss.png', 'bleu.png',
+               'attention_benchmark.png'):
+    assert (workdir / name).stat().st_size > 0, name
+  text = (workdir / 'report.md').read_text()
+  assert '| attention=linear | 1/1 |' in text
+  assert '## Failed points' in text and "Unknown attention 'bogus'" in text
+  assert 'Someone (2026) found something.' in text
+  assert 'equal training steps (10 per point)' in text
+
+  # An interrupted point: its checkpoint of step 10 is there, results not.
+  (linear / 'results.json').unlink()
+  baseline_log = (points / 'attention=dot_product' / 'seed=0' / 'log.txt')
+  baseline_before = baseline_log.read_text()
+  log = _run(flags, tmp_path, 'second')
+  assert 'attention=dot_product/seed=0: finished earlier, skipped.' in log
+  assert 'attention=linear/seed=0: resuming' in log
+  assert 'attention=bogus/seed=0: failed before, retrying' in log
+  assert baseline_log.read_text() == baseline_before
+  assert 'Resumed from step 10' in (linear / 'log.txt').read_text()
+  assert (linear / 'results.json').exists()
+
+  # Only the failed point is left to spread over machines.
+  printed = subprocess.run(
+      [sys.executable, 'launch.py', *flags, '--print_commands'],
+      cwd=smoke_runs.REPO, capture_output=True, text=True, check=True,
+  ).stdout.splitlines()
+  assert printed == [
+      f'python launch.py --config={study_file} --workdir={workdir} '
+      '--point=attention=bogus/seed=0 --equal_time=0 '
+      f'--config.data.data_dir={data_dir}',
+      f'python -m attention_jax.ablation.report --workdir={workdir}',
+  ]
+
+  # The report on its own, over the existing workdir.
+  (workdir / 'report.md').unlink()
+  subprocess.run(
+      [sys.executable, '-m', 'attention_jax.ablation.report',
+       f'--workdir={workdir}', '--bootstrap_samples=200'],
+      cwd=smoke_runs.REPO, check=True, capture_output=True,
+  )
+  assert '| attention=linear | 1/1 |' in (workdir / 'report.md').read_text()
+
+
+def test_report_of_a_directory_without_a_study_says_what_to_do(tmp_path):
+  with pytest.raises(FileNotFoundError, match='not a study workdir'):
+    report.write_report(str(tmp_path))
+
+
+def test_plain_config_refuses_study_flags(tmp_path):
+  result = subprocess.run(
+      [sys.executable, 'launch.py', '--config=experiments/configs/smoke.py',
+       f'--workdir={tmp_path}', '--print_commands'],
+      cwd=smoke_runs.REPO, capture_output=True, text=True,
+  )
+  assert result.returncode != 0
+  assert 'defines no sweep()' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_shipped_studies_load():
+  for name in ('attention', 'heads', 'cross_attention'):
+    study = study_lib.load(
+        os.path.join(smoke_runs.REPO, 'experiments', 'ablations', f'{name}.py')
+    )
+    assert len({p.seed for p in study.points}) == 3, name
+  heads = study_lib.load(
+      os.path.join(smoke_runs.REPO, 'experiments', 'ablations', 'heads.py')
+  )
+  assert heads.variants == [f'heads={h}' for h in (1, 2, 4, 8, 16)]
+  assert textwrap.dedent(heads.reference).startswith('Vaswani')
