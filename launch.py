@@ -48,6 +48,11 @@ _PRINT_COMMANDS = flags.DEFINE_bool(
     'Study only: print the command of every unfinished point instead of '
     'running them.',
 )
+_REUSE_FROM = flags.DEFINE_list(
+    'reuse_from', [],
+    'Study only: workdirs of other studies; a point whose exact config is '
+    'finished in one of them is copied from there, not trained again.',
+)
 _EQUAL_TIME = flags.DEFINE_integer(
     'equal_time', 0,
     'Study only: compare points at this many seconds of training each '
@@ -82,10 +87,11 @@ def _study() -> study_lib.Study | None:
     return None
   path = config_flags.get_config_filename(flags.FLAGS['config'])
   if not study_lib.is_study_file(path):
-    if _POINT.value or _PRINT_COMMANDS.value or _EQUAL_TIME.value:
+    if (_POINT.value or _PRINT_COMMANDS.value or _EQUAL_TIME.value
+        or _REUSE_FROM.value):
       raise app.UsageError(
-          f'--point, --print_commands and --equal_time are for studies; '
-          f'{path} defines no sweep().'
+          '--point, --print_commands, --equal_time and --reuse_from are for '
+          f'studies; {path} defines no sweep().'
       )
     return None
   try:
@@ -109,7 +115,7 @@ def main(argv):
     return
   if study is not None and not _POINT.value:
     if runner.run_study(study, _WORKDIR.value, _config_args(sys.argv),
-                        _EQUAL_TIME.value):
+                        _EQUAL_TIME.value, _REUSE_FROM.value):
       report.write_report(_WORKDIR.value)
     return
   distributed.initialize(

@@ -139,6 +139,47 @@ def test_point_bookkeeping(tmp_path):
   assert outcomes == ['failed', 'preempted', 'done']
 
 
+def _finish_fake_point(path, config, bleu):
+  os.makedirs(os.path.join(path, 'translations'))
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort())
+  with open(os.path.join(path, 'results.json'), 'w') as f:
+    json.dump({'test_bleu': bleu, 'eval_loss': 3.0, 'steps': 10,
+               'num_params': 5}, f)
+  with open(os.path.join(path, 'translations', 'test.txt'), 'w') as f:
+    f.write('In the beginning\n')
+  with open(os.path.join(path, 'translations', 'test_references.txt'),
+            'w') as f:
+    f.write('In the beginning God\n')
+
+
+def test_points_finished_in_another_study_are_reused(tmp_path):
+  study = study_lib.load(_write_study(tmp_path))
+  other = str(tmp_path / 'other_study')
+  for bleu, point in enumerate(study.points):
+    config = runner.budgeted_config(study, point, 0)
+    # The other study named its points differently; configs are compared.
+    _finish_fake_point(os.path.join(other, 'points', f'v{bleu}', 'seed=9'),
+                       config, float(bleu))
+  changed = runner.budgeted_config(study, study.points[0], 0)
+  changed.seed = 5
+  assert runner.finished_twin(changed, [other]) is None
+
+  workdir = str(tmp_path / 'study')
+  # Every point has a twin, so nothing is trained (no subprocess starts).
+  assert runner.run_study(study, workdir, [], 0, reuse_from=[other])
+  for bleu, point in enumerate(study.points):
+    path = runner.point_dir(workdir, point)
+    assert runner.status(path) == runner.DONE
+    with open(os.path.join(path, 'results.json')) as f:
+      assert json.load(f)['test_bleu'] == float(bleu)
+    with open(os.path.join(path, 'reused.json')) as f:
+      assert json.load(f)['source'].endswith(f'v{bleu}/seed=9')
+  text = report.write_report(workdir, num_samples=10)
+  assert '- Reused: attention=dot_product/seed=0, attention=linear/seed=0' in (
+      text)
+
+
 def _run(flags, tmp_path, name) -> str:
   log_path = tmp_path / f'{name}.log'
   with open(log_path, 'w') as log:

@@ -45,6 +45,8 @@ class PointRecord:
   valid_loss: list[tuple[int, float]]
   test_stats: np.ndarray | None
   test_references: list[str] | None
+  # The point directory of another study this one was copied from, if any.
+  reused_from: str
 
 
 def _read_lines(path: str) -> list[str] | None:
@@ -84,8 +86,12 @@ def read_point(workdir: str, entry: dict) -> PointRecord:
   )
   if state == runner.DONE and hypotheses is not None and references:
     stats = significance.sentence_stats(hypotheses, references)
+  reused_from = ''
+  if os.path.exists(os.path.join(path, 'reused.json')):
+    with open(os.path.join(path, 'reused.json')) as f:
+      reused_from = json.load(f)['source']
   return PointRecord(point.name, point.variant, point.seed, state, results,
-                     error, wall, valid_loss, stats, references)
+                     error, wall, valid_loss, stats, references, reused_from)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -364,7 +370,7 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
     point_rows.append({
         'name': r.name, 'variant': r.variant, 'seed': r.seed,
         'status': r.status, 'wall_seconds': round(r.wall_seconds, 1),
-        'error': r.error, **{k: v for k, v in r.results.items()
+        'reused_from': r.reused_from, 'error': r.error, **{k: v for k, v in r.results.items()
                              if k in _POINT_COLUMNS},
     })
   _write_csv(os.path.join(workdir, 'results.csv'), _POINT_COLUMNS, point_rows)
@@ -378,7 +384,7 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
   if _plot_bleu(os.path.join(workdir, 'bleu.png'), rows, baseline):
     plots.append(('Test BLEU per variant', 'bleu.png'))
   base_config = next(
-      (r.results['config'] for r in records if r.results), {}
+      (r.results['config'] for r in records if 'config' in r.results), {}
   )
   mechanisms = _mechanisms(manifest['points'], base_config)
   if _plot_attention_benchmark(
@@ -395,6 +401,7 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
       else f'equal training time ({budget["train_seconds"]} s per point)'
   )
   done = sum(r.status == runner.DONE for r in records)
+  reused = [r for r in records if r.reused_from]
   steps = sorted({r.results['steps'] for r in records if r.results})
   if budget['kind'] == 'steps' and len(steps) > 1:
     budget_text += (
@@ -412,6 +419,9 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
       f'- Budget: {budget_text}.',
       f'- Points finished: {done} of {len(records)}; total wall time '
       f'{sum(r.wall_seconds for r in records) / 60:.1f} min.',
+      *([f'- Reused: {", ".join(r.name for r in reused)} (the same config '
+         'finished in another study, copied from there; their wall time is '
+         'the original run\'s, included above).'] if reused else []),
       f'- Baseline: `{baseline}`.',
       '',
       '## Results',

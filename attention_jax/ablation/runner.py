@@ -13,12 +13,16 @@ A point with results.json is finished and skipped; one with a checkpoint
 resumes from it (the trainer does that); one that failed is retried once per
 study run and, if it fails again, recorded with its error while the study
 goes on. SIGTERM stops the point in progress at a checkpoint and ends the
-study; rerunning the same command continues.
+study; rerunning the same command continues. With reuse_from, a point whose
+exact config another study has finished is copied from there (reused.json
+says from where) instead of trained again.
 """
 
+import glob
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,9 +187,55 @@ def _log_tail(path: str, lines: int = 15) -> str:
     return ''
 
 
+# What a finished point adopted from another study keeps: enough for the
+# report, not the checkpoints.
+# results.json comes last, so an interrupted copy is not taken as finished.
+_ADOPTED = ('config.json', 'metrics.jsonl', 'attempts.jsonl', 'translations',
+            'results.json')
+
+
+def finished_twin(config: ml_collections.ConfigDict,
+                  workdirs: list[str]) -> str | None:
+  """A finished point of another study trained with exactly `config`."""
+  wanted = json.loads(config.to_json_best_effort())
+  for other in workdirs:
+    pattern = os.path.join(other, 'points', '*', '*', 'results.json')
+    for results in sorted(glob.glob(pattern)):
+      path = os.path.dirname(results)
+      try:
+        with open(os.path.join(path, 'config.json')) as f:
+          if json.load(f) == wanted:
+            return path
+      except (OSError, json.JSONDecodeError):
+        continue
+  return None
+
+
+def adopt(source: str, path: str) -> None:
+  """Copies a finished twin's results into `path`, noting where from."""
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, 'reused.json'), 'w') as f:
+    json.dump({'source': os.path.abspath(source)}, f, indent=2)
+  for name in _ADOPTED:
+    if os.path.isdir(os.path.join(source, name)):
+      shutil.copytree(os.path.join(source, name), os.path.join(path, name),
+                      dirs_exist_ok=True)
+    elif os.path.exists(os.path.join(source, name)):
+      shutil.copy2(os.path.join(source, name), path)
+
+
 def run_study(study: study_lib.Study, workdir: str, config_args: list[str],
-              equal_time: int) -> bool:
+              equal_time: int, reuse_from: list[str] = ()) -> bool:
   """Runs every point not finished yet, one after another.
+
+  Args:
+    study: the loaded study.
+    workdir: the study workdir.
+    config_args: --config.FIELD=VALUE flags, passed on to every point.
+    equal_time: seconds of training per point; 0 for equal steps.
+    reuse_from: workdirs of other studies; a point whose exact config one of
+      them has finished is copied from there instead of trained again (a
+      shared baseline, say).
 
   Returns:
     False when stopped by a signal before the last point (rerun to go on).
@@ -201,6 +251,14 @@ def run_study(study: study_lib.Study, workdir: str, config_args: list[str],
       where = f'[{index}/{len(study.points)}] {point.name}'
       if state == DONE:
         logging.info('%s: finished earlier, skipped.', where)
+        continue
+      twin = finished_twin(
+          budgeted_config(study, point, equal_time), list(reuse_from)
+      ) if reuse_from and state == PENDING else None
+      if twin is not None:
+        adopt(twin, path)
+        logging.info('%s: the same config finished in %s; reused.', where,
+                     twin)
         continue
       logging.info(
           '%s: %s (log: %s).', where,

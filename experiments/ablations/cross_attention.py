@@ -7,7 +7,8 @@ source but cannot look at particular words of it. Self-attention stays
 dot-product in both.
 
   python launch.py --config=experiments/ablations/cross_attention.py \\
-      --workdir=workdirs/ablations/cross_attention
+      --workdir=workdirs/ablations/cross_attention \\
+      --reuse_from=workdirs/ablations/attention
 """
 
 from attention_jax.ablation import study
@@ -31,8 +32,14 @@ def get_config(arg=None):
 
 
 def sweep() -> list[study.Point]:
-  return study.grid(
-      {'cross_attention': ('model.cross_attention',
-                           ('dot_product', 'no_attention'))},
-      seeds=(0, 1, 2),
-  )
+  # The baseline is the base config unchanged, so `--reuse_from` can take
+  # its points from the attention study, where they are the same runs.
+  return [
+      point
+      for seed in (0, 1, 2)
+      for point in (
+          study.Point('cross_attention=dot_product', seed, {'seed': seed}),
+          study.Point('cross_attention=no_attention', seed,
+                      {'model.cross_attention': 'no_attention', 'seed': seed}),
+      )
+  ]

@@ -5,7 +5,8 @@ and the parameter count is the same for every variant, as in the paper's
 rows (A).
 
   python launch.py --config=experiments/ablations/heads.py \\
-      --workdir=workdirs/ablations/heads
+      --workdir=workdirs/ablations/heads \\
+      --reuse_from=workdirs/ablations/attention
 """
 
 from attention_jax.ablation import study
