@@ -19,17 +19,11 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from attention_jax.ablation import plots
 from attention_jax.ablation import runner
 from attention_jax.ablation import significance
 from attention_jax.ablation import study as study_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
-ATTENTION_BENCHMARK = os.path.join(
-    REPO, 'experiments', 'results', 'attention_benchmark', 'attention.json'
-)
-_ATTENTION_FIELDS = ('attention', 'encoder_self_attention',
-                     'decoder_self_attention', 'cross_attention')
 
 
 @dataclasses.dataclass
@@ -237,117 +231,6 @@ def _significance_text(rows: list[dict], baseline: str) -> str:
   return ' '.join(parts)
 
 
-def _mechanisms(entries: list[dict], base_config: dict) -> list[str]:
-  """Attention mechanisms the study's points use, in first-use order."""
-  names = []
-  for entry in entries:
-    model = dict(base_config.get('model', {}))
-    for field, value in entry['overrides'].items():
-      if field.startswith('model.'):
-        model[field[len('model.'):]] = value
-    for field in _ATTENTION_FIELDS:
-      if model.get(field):
-        names.append(model[field])
-  return list(dict.fromkeys(names))
-
-
-def _plot_valid_loss(path: str, records: list[PointRecord]) -> bool:
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  plotted = False
-  for variant in dict.fromkeys(r.variant for r in records):
-    curves = [dict(r.valid_loss) for r in records
-              if r.variant == variant and r.valid_loss]
-    if not curves:
-      continue
-    steps = sorted(set.intersection(*(set(c) for c in curves)))
-    if not steps:
-      continue
-    values = np.array([[c[s] for s in steps] for c in curves])
-    mean = values.mean(0)
-    line, = ax.plot(steps, mean, marker='.',
-                    label=f'{variant} (n={len(curves)})')
-    ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2,
-                    color=line.get_color())
-    plotted = True
-  if plotted:
-    ax.set_xlabel('training step')
-    ax.set_ylabel('validation loss (token NLL)')
-    ax.set_title('Validation loss: mean over seeds, band = min to max')
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return plotted
-
-
-def _plot_bleu(path: str, rows: list[dict], baseline: str) -> bool:
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  rows = [r for r in rows if not math.isnan(r['test_bleu_mean'])]
-  if not rows:
-    return False
-  fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(rows) + 2), 4.5))
-  x = np.arange(len(rows))
-  ax.bar(
-      x, [r['test_bleu_mean'] for r in rows],
-      yerr=[0 if math.isnan(r['test_bleu_std']) else r['test_bleu_std']
-            for r in rows],
-      capsize=4,
-      color=['tab:gray' if r['variant'] == baseline else 'tab:blue'
-             for r in rows],
-  )
-  ax.set_xticks(x, [r['variant'] for r in rows], rotation=35, ha='right',
-                fontsize=8)
-  ax.set_ylabel('test BLEU')
-  ax.set_title('Test BLEU per variant: mean ± std over seeds '
-               '(grey: baseline)')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return True
-
-
-def _plot_attention_benchmark(path: str, mechanisms: list[str]) -> str | None:
-  """Time and memory of one attention call vs length; returns the setup."""
-  if not os.path.exists(ATTENTION_BENCHMARK):
-    return None
-  with open(ATTENTION_BENCHMARK) as f:
-    benchmark = json.load(f)
-  rows = [r for r in benchmark['results']
-          if r['variant'] in mechanisms and r['status'] == 'ok'
-          and r['mode'] == 'forward_backward']
-  if not rows:
-    return None
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
-  for mechanism in mechanisms:
-    points = sorted((r['length'], r['seconds'], r['memory_mb'])
-                    for r in rows if r['variant'] == mechanism)
-    if not points:
-      continue
-    lengths, seconds, memory = zip(*points)
-    time_ax.plot(lengths, seconds, marker='o', label=mechanism)
-    memory_ax.plot(lengths, memory, marker='o', label=mechanism)
-  for ax, label in ((time_ax, 'seconds per call (forward + backward)'),
-                    (memory_ax, 'peak memory of the call, MiB')):
-    ax.set_xscale('log', base=2)
-    ax.set_yscale('log')
-    ax.set_xlabel('sequence length')
-    ax.set_ylabel(label)
-    ax.legend(fontsize=7)
-  setup = benchmark['setup']
-  fig.suptitle(
-      'One attention call (experiments/benchmark_attention.py): batch '
-      f'{setup["batch"]}, {setup["heads"]} heads x {setup["head_dim"]}, '
-      f'{setup["dtype"]}, {setup["cpus"]} CPUs; missing points ran out of '
-      'memory or time', fontsize=9,
-  )
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return json.dumps(setup)
-
-
 def write_report(workdir: str, num_samples: int = 1000) -> str:
   """Writes the report files of the study in `workdir`; returns report.md."""
   manifest_path = os.path.join(workdir, 'study.json')
@@ -357,8 +240,6 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
         'Run the study (python launch.py --config=STUDY --workdir=DIR) or '
         'print its commands (--print_commands) first.'
     )
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
   with open(manifest_path) as f:
     manifest = json.load(f)
   records = [read_point(workdir, e) for e in manifest['points']]
@@ -370,26 +251,27 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
     point_rows.append({
         'name': r.name, 'variant': r.variant, 'seed': r.seed,
         'status': r.status, 'wall_seconds': round(r.wall_seconds, 1),
-        'reused_from': r.reused_from, 'error': r.error, **{k: v for k, v in r.results.items()
-                             if k in _POINT_COLUMNS},
+        'reused_from': r.reused_from, 'error': r.error,
+        **{k: v for k, v in r.results.items() if k in _POINT_COLUMNS},
     })
   _write_csv(os.path.join(workdir, 'results.csv'), _POINT_COLUMNS, point_rows)
   _write_csv(os.path.join(workdir, 'summary.csv'), list(rows[0]), rows)
 
   kinds = {r.results.get('peak_memory_kind') for r in records if r.results}
   memory_kind = '/'.join(sorted(k for k in kinds if k)) or 'n/a'
-  plots = []
-  if _plot_valid_loss(os.path.join(workdir, 'valid_loss.png'), records):
-    plots.append(('Validation loss against training steps', 'valid_loss.png'))
-  if _plot_bleu(os.path.join(workdir, 'bleu.png'), rows, baseline):
-    plots.append(('Test BLEU per variant', 'bleu.png'))
+  figures = []
+  if plots.valid_loss(os.path.join(workdir, 'valid_loss.png'), records):
+    figures.append(
+        ('Validation loss against training steps', 'valid_loss.png'))
+  if plots.bleu(os.path.join(workdir, 'bleu.png'), rows, baseline):
+    figures.append(('Test BLEU per variant', 'bleu.png'))
   base_config = next(
       (r.results['config'] for r in records if 'config' in r.results), {}
   )
-  mechanisms = _mechanisms(manifest['points'], base_config)
-  if _plot_attention_benchmark(
+  mechanisms = plots.mechanisms(manifest['points'], base_config)
+  if plots.attention_benchmark(
       os.path.join(workdir, 'attention_benchmark.png'), mechanisms):
-    plots.append((
+    figures.append((
         'One attention call of each mechanism the study uses, against '
         'sequence length', 'attention_benchmark.png',
     ))
@@ -460,9 +342,9 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
     lines += ['## Unfinished points', '']
     lines += [f'- {r.name}: {r.status}' for r in unfinished]
     lines += ['']
-  if plots:
+  if figures:
     lines += ['## Plots', '']
-    for title, name in plots:
+    for title, name in figures:
       lines += [f'### {title}', '', f'![{title}]({name})', '']
   lines += ['Per point: results.csv; per variant: summary.csv.', '']
   text = '\n'.join(lines)
