@@ -89,6 +89,19 @@ def test_seeds_are_averaged_within_each_resample():
   assert two == one
 
 
+def test_resampling_seeds_widens_the_interval_by_the_seed_spread():
+  good = significance.sentence_stats(_system(0.9, 1), REFERENCES)
+  poor = significance.sentence_stats(_system(0.4, 2), REFERENCES)
+  base = significance.sentence_stats(_system(0.65, 3), REFERENCES)
+  # A variant whose seeds disagree wildly, against a steady baseline.
+  result = significance.paired_bootstrap(
+      np.stack([base, base]), np.stack([good, poor])
+  )
+  assert result.seeds_ci_high - result.seeds_ci_low > 2 * (
+      result.ci_high - result.ci_low)
+  assert result.seeds_p_value >= result.p_value
+
+
 def _sacrebleu_paired_bs(baseline: list[str], variant: list[str]):
   test = PairedTest(
       [('baseline', baseline), ('variant', variant)],

@@ -139,7 +139,8 @@ def summarise(records: list[PointRecord], baseline: str,
             [r.results.get('test_decode_tokens_per_sec') for r in done]),
         'wall_seconds': _mean([r.wall_seconds for r in done]),
         'difference': math.nan, 'ci_low': math.nan, 'ci_high': math.nan,
-        'p_value': math.nan,
+        'p_value': math.nan, 'seeds_ci_low': math.nan,
+        'seeds_ci_high': math.nan, 'seeds_p_value': math.nan,
     }
     variant_stats = stats_of(variant)
     if (variant != baseline and variant_stats is not None
@@ -147,8 +148,8 @@ def summarise(records: list[PointRecord], baseline: str,
       comparison = significance.paired_bootstrap(
           baseline_stats, variant_stats, num_samples
       )
-      row.update(difference=comparison.difference, ci_low=comparison.ci_low,
-                 ci_high=comparison.ci_high, p_value=comparison.p_value)
+      row.update({k: v for k, v in dataclasses.asdict(comparison).items()
+                  if k in row})
     rows.append(row)
   best = max((r['test_bleu_mean'] for r in rows
               if not math.isnan(r['test_bleu_mean'])), default=math.nan)
@@ -183,24 +184,28 @@ def _fmt_int(value: float) -> str:
 def _markdown_table(rows: list[dict], baseline: str, memory_kind: str) -> str:
   head = (
       '| variant | seeds | test BLEU (mean ± std) | Δ vs baseline [95% CI] '
-      '| p | vs best | valid loss | steps | params | train tok/s | '
+      '| p | 95% CI, seeds resampled too | p, seeds too | vs best '
+      '| valid loss | steps | params | train tok/s | '
       f'peak memory MiB ({memory_kind}) | decode tok/s | wall s/point |\n'
-      '|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
   )
   lines = []
   for r in rows:
     if r['variant'] == baseline:
-      delta, p = 'baseline', ''
+      delta, p, seeds_ci, seeds_p = 'baseline', '', '', ''
     elif math.isnan(r['difference']):
-      delta, p = '–', '–'
+      delta, p, seeds_ci, seeds_p = '–', '–', '–', '–'
     else:
       delta = (f'{r["difference"]:+.2f} [{r["ci_low"]:+.2f}, '
                f'{r["ci_high"]:+.2f}]')
       p = f'{r["p_value"]:.3f}'
+      seeds_ci = f'[{r["seeds_ci_low"]:+.2f}, {r["seeds_ci_high"]:+.2f}]'
+      seeds_p = f'{r["seeds_p_value"]:.3f}'
     lines.append(
         f'| {r["variant"]} | {r["finished"]}/{r["points"]} '
         f'| {_fmt(r["test_bleu_mean"])} ± {_fmt(r["test_bleu_std"])} '
-        f'| {delta} | {p} | {_fmt(r["gap_to_best"])} '
+        f'| {delta} | {p} | {seeds_ci} | {seeds_p} '
+        f'| {_fmt(r["gap_to_best"])} '
         f'| {_fmt(r["valid_loss"], 3)} | {_fmt_int(r["steps"])} '
         f'| {_fmt_int(r["num_params"])} '
         f'| {_fmt_int(r["train_tokens_per_sec"])} '
@@ -216,18 +221,21 @@ def _significance_text(rows: list[dict], baseline: str) -> str:
               if r['variant'] != baseline and not math.isnan(r['p_value'])]
   if not compared:
     return 'No variant could be compared with the baseline.'
-  better = [r['variant'] for r in compared
-            if r['p_value'] < 0.05 and r['difference'] > 0]
-  worse = [r['variant'] for r in compared
-           if r['p_value'] < 0.05 and r['difference'] < 0]
-  same = [r['variant'] for r in compared if r['p_value'] >= 0.05]
-  parts = [f'Of {len(compared)} variants compared with `{baseline}` by '
-           'paired bootstrap (p < 0.05):']
-  parts.append(f'significantly better: {", ".join(better) or "none"};')
-  parts.append(f'significantly worse: {", ".join(worse) or "none"};')
-  parts.append(
-      f'not significantly different: {", ".join(same) or "none"}.'
-  )
+  parts = [f'Of {len(compared)} variants compared with `{baseline}` at '
+           'p < 0.05:']
+  for key, how in (('p_value', 'resampling test sentences'),
+                   ('seeds_p_value', 'resampling test sentences and seeds')):
+    better = [r['variant'] for r in compared
+              if r[key] < 0.05 and r['difference'] > 0]
+    worse = [r['variant'] for r in compared
+             if r[key] < 0.05 and r['difference'] < 0]
+    same = [r['variant'] for r in compared if r[key] >= 0.05]
+    parts.append(
+        f'{how.capitalize()}: significantly better: '
+        f'{", ".join(better) or "none"}; '
+        f'significantly worse: {", ".join(worse) or "none"}; '
+        f'not significantly different: {", ".join(same) or "none"}.'
+    )
   return ' '.join(parts)
 
 
@@ -317,8 +325,10 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
       f'percentile) and p-value come from {num_samples} paired bootstrap '
       'resamples of the test sentences, each resample scoring every seed of '
       'both sides on the same sentences (attention_jax/ablation/'
-      'significance.py). The interval covers test-set sampling; the spread '
-      'over seeds is the ± column. "vs best" is the gap to the best mean. '
+      'significance.py). That interval covers test-set sampling only; the '
+      '"seeds resampled too" interval and p-value also draw each side\'s '
+      'seeds with replacement, adding the spread of training runs (a rough '
+      'allowance with 3 seeds). "vs best" is the gap to the best mean. '
       'Valid loss is the token-level NLL on the whole validation split after '
       'training; train tok/s counts target tokens; decode tok/s counts '
       'output pieces of the test translation (beam search); peak memory is '

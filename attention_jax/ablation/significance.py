@@ -6,7 +6,10 @@ reference length): a resampled corpus sums the rows it drew and scores the
 sum. With several seeds per variant, every resample draws one set of sentence
 indices, scores each seed's translations of those sentences, and compares the
 means over seeds, so the interval covers test-set sampling of the mean BLEU
-that the report prints (the spread over seeds is reported beside it).
+that the report prints. A second interval and p-value also resample each
+side's seeds (with replacement, within every sentence resample), so they
+include the seed-to-seed spread of training: a difference can be significant
+over test sentences yet within seed noise.
 
 The p-value is that of the shifted paired bootstrap (Koehn, 2004;
 Berg-Kirkpatrick et al., 2012): the resampled differences d_i, shifted by the
@@ -105,19 +108,40 @@ def resample_indices(
 class Comparison:
   """A variant's mean BLEU over seeds minus the baseline's."""
   difference: float
+  # Test sentences resampled: the uncertainty of the test set.
   ci_low: float
   ci_high: float
   p_value: float
+  # Test sentences and, on each side, the seeds resampled: adds the
+  # seed-to-seed spread of training, which the sentence bootstrap ignores.
+  seeds_ci_low: float
+  seeds_ci_high: float
+  seeds_p_value: float
   num_samples: int
 
 
 def _resampled_bleu(stats: np.ndarray, draws: np.ndarray) -> np.ndarray:
-  """[samples] mean over seeds of each resample's corpus BLEU.
+  """[seeds, samples] corpus BLEU of each seed on each resample.
 
   `draws[i, j]` is how often resample i drew sentence j, so a resample's
   summed statistics are one matrix product.
   """
-  return np.mean([bleu_from_stats(draws @ s) for s in stats], axis=0)
+  return np.stack([bleu_from_stats(draws @ s) for s in stats])
+
+
+def _seed_resampled_mean(bleu: np.ndarray, rng: np.random.Generator
+                         ) -> np.ndarray:
+  """[samples] mean over seeds drawn with replacement, per resample."""
+  num_seeds, num_samples = bleu.shape
+  picks = rng.integers(0, num_seeds, size=(num_samples, num_seeds))
+  return np.take_along_axis(bleu.T, picks, axis=1).mean(axis=1)
+
+
+def _interval_and_p(differences: np.ndarray, observed: float):
+  shifted = np.abs(differences - observed)
+  p_value = (np.sum(shifted >= abs(observed)) + 1) / (len(differences) + 1)
+  low, high = np.percentile(differences, [2.5, 97.5])
+  return float(low), float(high), float(p_value)
 
 
 def paired_bootstrap(
@@ -131,7 +155,9 @@ def paired_bootstrap(
   Returns:
     The observed difference of mean BLEU (variant - baseline), its 95%
     percentile interval over the resamples, and the p-value of the null
-    hypothesis that the two are equally good.
+    hypothesis that the two are equally good; both once with the test
+    sentences resampled, and once with each side's seeds resampled as well
+    (with few seeds a rough allowance for training noise, not an exact one).
   """
   baseline, variant = np.asarray(baseline), np.asarray(variant)
   if baseline.ndim == 2:
@@ -150,14 +176,18 @@ def paired_bootstrap(
   indices = resample_indices(baseline.shape[1], num_samples, seed)
   draws = np.zeros((num_samples, baseline.shape[1]))
   np.add.at(draws, (np.arange(num_samples)[:, None], indices), 1.0)
-  differences = (
-      _resampled_bleu(variant, draws) - _resampled_bleu(baseline, draws)
+  variant_bleu = _resampled_bleu(variant, draws)
+  baseline_bleu = _resampled_bleu(baseline, draws)
+  sentences = _interval_and_p(
+      variant_bleu.mean(0) - baseline_bleu.mean(0), observed
   )
-  shifted = np.abs(differences - observed)
-  p_value = (np.sum(shifted >= abs(observed)) + 1) / (num_samples + 1)
-  low, high = np.percentile(differences, [2.5, 97.5])
-  return Comparison(observed, float(low), float(high), float(p_value),
-                    num_samples)
+  rng = np.random.default_rng(seed + 1)
+  seeds = _interval_and_p(
+      _seed_resampled_mean(variant_bleu, rng)
+      - _seed_resampled_mean(baseline_bleu, rng),
+      observed,
+  )
+  return Comparison(observed, *sentences, *seeds, num_samples)
 
 
 def is_significant(comparison: Comparison, level: float = 0.05) -> bool:
