@@ -104,7 +104,10 @@ def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_quiet_libraries)
   if _MODE.value == 'report':
-    report.write_report(_WORKDIR.value)
+    try:
+      report.write_report(_WORKDIR.value)
+    except FileNotFoundError as e:
+      raise app.UsageError(str(e)) from None
     return
   study = _study()
   if _EQUAL_TIME.value < 0:

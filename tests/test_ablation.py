@@ -254,6 +254,14 @@ def test_tiny_study_runs_skips_resumes_and_reports(tmp_path, data_dir):
 def test_report_of_a_directory_without_a_study_says_what_to_do(tmp_path):
   with pytest.raises(FileNotFoundError, match='not a study workdir'):
     report.write_report(str(tmp_path))
+  result = subprocess.run(
+      [sys.executable, '-m', 'attention_jax.ablation.report',
+       f'--workdir={tmp_path}'],
+      cwd=smoke_runs.REPO, capture_output=True, text=True,
+  )
+  assert result.returncode != 0
+  assert 'not a study workdir' in result.stderr
+  assert 'Traceback' not in result.stderr
 
 
 def test_plain_config_refuses_study_flags(tmp_path):

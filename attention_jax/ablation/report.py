@@ -367,7 +367,10 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
 
 def main(argv):
   del argv
-  write_report(flags.FLAGS.workdir, flags.FLAGS.bootstrap_samples)
+  try:
+    write_report(flags.FLAGS.workdir, flags.FLAGS.bootstrap_samples)
+  except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from None
 
 
 if __name__ == '__main__':
