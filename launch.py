@@ -86,18 +86,17 @@ def _study() -> study_lib.Study | None:
   if _CONFIG.value is None:
     return None
   path = config_flags.get_config_filename(flags.FLAGS['config'])
-  if not study_lib.is_study_file(path):
-    if (_POINT.value or _PRINT_COMMANDS.value or _EQUAL_TIME.value
-        or _REUSE_FROM.value):
-      raise app.UsageError(
-          '--point, --print_commands, --equal_time and --reuse_from are for '
-          f'studies; {path} defines no sweep().'
-      )
-    return None
   try:
-    return study_lib.load(path, _CONFIG.value)
+    study = study_lib.load_if_study(path, _CONFIG.value)
   except study_lib.StudyError as e:
     raise app.UsageError(str(e)) from None
+  if study is None and (_POINT.value or _PRINT_COMMANDS.value
+                        or _EQUAL_TIME.value or _REUSE_FROM.value):
+    raise app.UsageError(
+        '--point, --print_commands, --equal_time and --reuse_from are for '
+        f'studies; {path} defines no sweep().'
+    )
+  return study
 
 
 def main(argv):

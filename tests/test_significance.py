@@ -75,7 +75,7 @@ def test_identical_systems_are_not_significantly_different():
   assert result.difference == 0.0
   assert (result.ci_low, result.ci_high) == (0.0, 0.0)
   assert result.p_value == 1.0
-  assert not significance.is_significant(result)
+  assert not significance.is_significant(result.p_value)
 
 
 def test_seeds_are_averaged_within_each_resample():

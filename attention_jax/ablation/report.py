@@ -73,7 +73,7 @@ def read_point(workdir: str, entry: dict) -> PointRecord:
       not valid_loss or valid_loss[-1][0] != results['steps']):
     # The final evaluation's loss ends the curve.
     valid_loss.append((results['steps'], results['eval_loss']))
-  stats = references = None
+  stats = None
   hypotheses = _read_lines(os.path.join(path, 'translations', 'test.txt'))
   references = _read_lines(
       os.path.join(path, 'translations', 'test_references.txt')
@@ -222,14 +222,15 @@ def _significance_text(rows: list[dict], baseline: str) -> str:
   if not compared:
     return 'No variant could be compared with the baseline.'
   parts = [f'Of {len(compared)} variants compared with `{baseline}` at '
-           'p < 0.05:']
+           f'p < {significance.LEVEL}:']
   for key, how in (('p_value', 'resampling test sentences'),
                    ('seeds_p_value', 'resampling test sentences and seeds')):
     better = [r['variant'] for r in compared
-              if r[key] < 0.05 and r['difference'] > 0]
+              if significance.is_significant(r[key]) and r['difference'] > 0]
     worse = [r['variant'] for r in compared
-             if r[key] < 0.05 and r['difference'] < 0]
-    same = [r['variant'] for r in compared if r[key] >= 0.05]
+             if significance.is_significant(r[key]) and r['difference'] < 0]
+    same = [r['variant'] for r in compared
+            if not significance.is_significant(r[key])]
     parts.append(
         f'{how.capitalize()}: significantly better: '
         f'{", ".join(better) or "none"}; '

@@ -174,7 +174,7 @@ class _Forwarder:
     self.stopped = False
 
   def __call__(self, signum, frame):
-    del frame
+    del signum, frame
     self.stopped = True
     if self.child is not None and self.child.poll() is None:
       self.child.send_signal(signal.SIGTERM)

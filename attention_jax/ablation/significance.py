@@ -24,7 +24,6 @@ p = 1 / (1 + samples) from sacrebleu and p = 1 here.
 
 import collections
 import dataclasses
-import math
 from typing import Sequence
 
 import numpy as np
@@ -190,5 +189,9 @@ def paired_bootstrap(
   return Comparison(observed, *sentences, *seeds, num_samples)
 
 
-def is_significant(comparison: Comparison, level: float = 0.05) -> bool:
-  return comparison.p_value < level and not math.isnan(comparison.p_value)
+LEVEL = 0.05
+
+
+def is_significant(p_value: float, level: float = LEVEL) -> bool:
+  """p < level; a missing (nan) p-value is not significant."""
+  return p_value < level

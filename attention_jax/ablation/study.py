@@ -97,12 +97,6 @@ class Study:
     return config
 
 
-def is_study_file(path: str) -> bool:
-  """Whether the config file at `path` defines a sweep."""
-  module = _load_module(path)
-  return module is not None and hasattr(module, 'sweep')
-
-
 def _load_module(path: str):
   spec = importlib.util.spec_from_file_location(
       '_study_' + os.path.splitext(os.path.basename(path))[0], path
@@ -161,9 +155,19 @@ def load(path: str, base_config: ml_collections.ConfigDict | None = None
     base_config: the base config with command-line overrides applied (from
       config_flags); by default the file's `get_config()`.
   """
+  study = load_if_study(path, base_config)
+  if study is None:
+    raise StudyError(f'{path} defines no sweep(); it is not a study.')
+  return study
+
+
+def load_if_study(
+    path: str, base_config: ml_collections.ConfigDict | None = None
+) -> Study | None:
+  """As `load`, but None for a config file without a sweep (a plain run)."""
   module = _load_module(path)
   if module is None or not hasattr(module, 'sweep'):
-    raise StudyError(f'{path} defines no sweep(); it is not a study.')
+    return None
   if not hasattr(module, 'BASELINE'):
     raise StudyError(
         f'{path} sets no BASELINE: name the variant the others are compared '
