@@ -1,23 +1,41 @@
-"""Translates stdin to stdout with a workdir's latest checkpoint."""
+"""Translates stdin to stdout with a workdir's latest checkpoint.
+
+Only the parameters are restored: translating needs no optimizer.
+"""
 
 import json
 import os
 import sys
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
 import ml_collections
 import sentencepiece as spm
 
+from attention_jax import sharding
+from attention_jax.decode.translator import translator_for
 from attention_jax.model import from_config
+from attention_jax.model.config import TransformerConfig
 from attention_jax.model.transformer import Transformer
-from attention_jax.train import optim
-from attention_jax.train import sharding
-from attention_jax.train import trainer
 from attention_jax.train.checkpoint import Checkpointer
 
 
-def load_params(workdir: str, mesh):
-  """(config, model config, params) of the latest checkpoint in `workdir`."""
+def _abstract_params(cfg: TransformerConfig, max_len: int, mesh: Mesh):
+  """Shapes of the model's parameters, replicated on every device.
+
+  Decoding is data-parallel: whole parameters on every device.
+  """
+  dummy = jax.ShapeDtypeStruct((1, max_len), jnp.int32)
+  boxed = jax.eval_shape(
+      Transformer(cfg).init, jax.random.key(0), dummy, dummy
+  )['params']
+  return nn.unbox(boxed), sharding.named_shardings(boxed, mesh, rules={})
+
+
+def load_params(workdir: str, mesh: Mesh):
+  """(config, model config, vocabulary, params) of `workdir`'s latest step."""
   config_path = os.path.join(workdir, 'config.json')
   vocab_path = os.path.join(workdir, 'vocab.model')
   for path in (config_path, vocab_path):
@@ -28,6 +46,7 @@ def load_params(workdir: str, mesh):
       )
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
+  from_config.check_not_legacy(config.model, config_path)
   sp = spm.SentencePieceProcessor(model_file=vocab_path)
   cfg = from_config.transformer_config(config, sp.vocab_size())
   checkpointer = Checkpointer(workdir, config.keep_checkpoints)
@@ -36,21 +55,18 @@ def load_params(workdir: str, mesh):
     raise FileNotFoundError(
         f'No checkpoint in {checkpointer.directory}; train first.'
     )
-  tx, _ = optim.make_optimizer(config)
-  # Decoding is data-parallel: whole parameters on every device.
-  abstract, shardings = sharding.abstract_train_state(
-      Transformer(cfg), tx, config.seed, mesh, config.data.max_len, rules={}
+  params = checkpointer.restore_params(
+      step, *_abstract_params(cfg, config.data.max_len, mesh)
   )
-  state, _ = checkpointer.restore(step, abstract, shardings)
   checkpointer.close()
-  return config, cfg, sp, state.params
+  return config, cfg, sp, params
 
 
 def translate_stdin(workdir: str) -> None:
   """Reads one source sentence per line, writes one translation per line."""
   mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 1}))
   config, cfg, sp, params = load_params(workdir, mesh)
-  translator = trainer.translator_for(config, cfg, mesh)
+  translator = translator_for(config, cfg, mesh)
   sentences = [line.rstrip('\n') for line in sys.stdin]
   for translation in translator.translate(params, sp, sentences):
     if jax.process_index() == 0:

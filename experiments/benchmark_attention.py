@@ -5,8 +5,8 @@
 
 Each (variant, length, mode) is measured in its own process, so one variant's
 memory never counts against another and a failure cannot take the sweep
-down. A process builds the module through the registry from a
-`TransformerConfig` (what the Transformer runs: projections included),
+down. A process builds the attention frame with the variant (what the
+Transformer runs: projections included),
 compiles one self-attention call on [1, length, 512] inputs (8 heads of 64,
 float32, non-causal) and times it. Its peak memory is its peak resident set
 size minus that of an identical process that only imports and builds
@@ -16,6 +16,7 @@ reported as 'oom' instead of swapping; one that runs past --timeout is
 reported as 'timeout'.
 """
 
+import dataclasses
 import json
 import os
 import resource
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import attention
-from attention_jax.model.config import TransformerConfig
+from attention_jax.attention import frame
 
 _LENGTHS = flags.DEFINE_list(
     'lengths', ['1024', '4096', '16384'], 'Sequence lengths.'
@@ -54,8 +55,10 @@ _MEMORY_LIMIT_GB = flags.DEFINE_float(
 _REPEATS = flags.DEFINE_integer(
     'repeats', 3, 'Timed calls after one warm-up call; the median is shown.'
 )
-_CHUNK_SIZE = flags.DEFINE_integer('chunk_size', 512, 'cfg.chunk_size.')
-_WINDOW_SIZE = flags.DEFINE_integer('window_size', 64, 'cfg.window_size.')
+_CHUNK_SIZE = flags.DEFINE_integer(
+    'chunk_size', 512, 'options.<name>.chunk_size of mechanisms that have it.')
+_WINDOW_SIZE = flags.DEFINE_integer(
+    'window_size', 64, 'options.<name>.window_size of mechanisms that have it.')
 _JSON_OUT = flags.DEFINE_string(
     'json_out', None, 'Where to write all results as JSON.'
 )
@@ -71,12 +74,16 @@ _EMB_DIM = _HEADS * _HEAD_DIM
 
 def _build(variant: str, length: int):
   """The module, its parameters and the inputs of one measurement."""
-  cfg = TransformerConfig(
-      vocab_size=1, emb_dim=_EMB_DIM, num_heads=_HEADS, qkv_dim=_EMB_DIM,
-      max_len=length, chunk_size=_CHUNK_SIZE.value,
-      window_size=_WINDOW_SIZE.value, dtype=jnp.float32, deterministic=True,
+  sizes = {'chunk_size': _CHUNK_SIZE.value, 'window_size': _WINDOW_SIZE.value}
+  fields = {f.name for f in dataclasses.fields(attention.get(variant).Options)}
+  config = frame.AttentionConfig(
+      mechanism=variant,
+      options=attention.MECHANISMS.options(
+          variant, {k: v for k, v in sizes.items() if k in fields}),
+      num_heads=_HEADS, head_dim=_HEAD_DIM, dtype=jnp.float32,
+      deterministic=True,
   )
-  module = attention.get(variant)(cfg=cfg, causal=False)
+  module = frame.MultiHeadAttention(config, causal=False, self_attention=True)
   x = jax.random.normal(jax.random.key(0), (_BATCH, length, _EMB_DIM))
   segment_ids = jnp.ones((_BATCH, length), jnp.int32)
   positions = jnp.broadcast_to(jnp.arange(length), (_BATCH, length))

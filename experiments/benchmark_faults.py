@@ -36,10 +36,11 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from attention_jax import sharding
 from attention_jax.model import from_config
 from attention_jax.model.transformer import Transformer
 from attention_jax.train import optim
-from attention_jax.train import sharding
+from attention_jax.train import train_state
 from attention_jax.train.checkpoint import Checkpointer
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -69,7 +70,7 @@ def _train_state(config):
   cfg = from_config.transformer_config(config, config.data.vocab_size)
   tx, _ = optim.make_optimizer(config)
   mesh = sharding.make_mesh(config.mesh)
-  return sharding.create_train_state(
+  return train_state.create(
       Transformer(cfg), tx, config.seed, mesh, config.data.max_len,
       sharding.logical_rules(config.mesh),
   )

@@ -24,13 +24,15 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from attention_jax import sharding
 from attention_jax.data import packing
 from attention_jax.model import from_config
+from attention_jax.train import config_check
 from attention_jax.model.transformer import Transformer
 from attention_jax.train import flops
 from attention_jax.train import optim
-from attention_jax.train import sharding
 from attention_jax.train import steps
+from attention_jax.train import train_state
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file.', lock_config=True
@@ -122,13 +124,13 @@ def _traced_flops(config, cfg, state, batch) -> float | None:
 
 def measure(config) -> dict:
   """Compiles and times the training step of `config`; returns the numbers."""
-  from_config.check_config(config)
+  config_check.check_config(config)
   vocab_size, max_len = config.data.vocab_size, config.data.max_len
   cfg = from_config.transformer_config(config, vocab_size)
   model = Transformer(cfg)
   tx, _ = optim.make_optimizer(config)
   mesh = sharding.make_mesh(config.mesh)
-  state, state_shardings = sharding.create_train_state(
+  state, state_shardings = train_state.create(
       model, tx, config.seed, mesh, max_len,
       sharding.logical_rules(config.mesh),
   )

@@ -25,8 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attention_jax.attention.dot_product import DotProductAttention
-from attention_jax.model.config import TransformerConfig
+from attention_jax.attention import frame
 
 _BATCH = flags.DEFINE_integer('batch', 4, 'Rows.')
 _LENGTH = flags.DEFINE_integer('length', 256, 'Query (and self-attention) length.')
@@ -74,13 +73,14 @@ def _inputs(case: dict):
   return x_q, x_kv, (q_segments, kv_segments, q_positions, kv_positions), cotangent
 
 
-def _module(implementation: str, dtype, causal: bool) -> DotProductAttention:
-  cfg = TransformerConfig(
-      vocab_size=1, emb_dim=_EMB_DIM, num_heads=_HEADS, qkv_dim=_EMB_DIM,
-      attention_dropout_rate=0.0, deterministic=True, dtype=dtype,
-      implementation=implementation,
+def _module(implementation: str, dtype, causal: bool,
+            cross: bool) -> frame.MultiHeadAttention:
+  config = frame.AttentionConfig(
+      mechanism='softmax', num_heads=_HEADS, head_dim=_EMB_DIM // _HEADS,
+      deterministic=True, dtype=dtype, implementation=implementation,
   )
-  return DotProductAttention(cfg=cfg, causal=causal)
+  return frame.MultiHeadAttention(config, causal=causal,
+                                  self_attention=not cross)
 
 
 def _run(module, params, case, x_q, x_kv, masks, cotangent):
@@ -88,7 +88,6 @@ def _run(module, params, case, x_q, x_kv, masks, cotangent):
   valid_BxQx1 = (masks[0] > 0)[..., None]
 
   def forward(params, x_q, x_kv):
-    # Self-attention is recognised by the same array as queries and keys.
     out = module.apply(params, x_q, x_kv if case['cross'] else x_q, *masks)
     return jnp.where(valid_BxQx1, out.astype(jnp.float32), 0.0)
 
@@ -138,7 +137,7 @@ def main(argv) -> None:
         flush=True)
   for name, case in _CASES.items():
     x_q, x_kv, masks, cotangent = _inputs(case)
-    reference = _module('xla', jnp.float32, case['causal'])
+    reference = _module('xla', jnp.float32, case['causal'], case['cross'])
     kv = x_kv if case['cross'] else x_q
     params = nn.unbox(
         jax.jit(reference.init)(jax.random.key(2), x_q, kv, *masks)
@@ -149,11 +148,12 @@ def main(argv) -> None:
                                    cotangent)
     for dtype_name in _DTYPES.value:
       dtype = jnp.dtype(dtype_name)
-      xla_out, xla_grads, _ = _run(_module('xla', dtype, case['causal']),
-                                   params, case, x_q, x_kv, masks, cotangent)
+      xla_out, xla_grads, _ = _run(
+          _module('xla', dtype, case['causal'], case['cross']), params, case,
+          x_q, x_kv, masks, cotangent)
       cudnn_out, cudnn_grads, calls = _run(
-          _module('cudnn', dtype, case['causal']), params, case, x_q, x_kv,
-          masks, cotangent,
+          _module('cudnn', dtype, case['causal'], case['cross']), params,
+          case, x_q, x_kv, masks, cotangent,
       )
       print(f'{name:>13} {dtype_name:>9} '
             f"{f'yes ({calls})' if calls else 'NO':>10} "

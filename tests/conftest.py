@@ -1,4 +1,6 @@
-"""Test setup: 8 simulated CPU devices, set before JAX starts."""
+"""Test setup: 8 simulated CPU devices, set before JAX starts, and rank
+promotion refused, so that a silent broadcast of mismatched ranks is an error.
+"""
 
 import os
 import shutil
@@ -11,6 +13,10 @@ os.environ['XLA_FLAGS'] = (
 )
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update('jax_numpy_rank_promotion', 'raise')
 
 
 @pytest.fixture(scope='session')

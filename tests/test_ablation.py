@@ -13,6 +13,7 @@ import smoke_runs
 from attention_jax.ablation import report
 from attention_jax.ablation import runner
 from attention_jax.ablation import study as study_lib
+from attention_jax.decode import bleu
 
 _STUDY = '''\
 """A tiny study for tests."""
@@ -39,12 +40,12 @@ def sweep():
 '''
 _TWO_POINTS = (
     "study.grid({'attention': ('model.attention', "
-    "('dot_product', 'linear', 'bogus'))}, seeds=(0,))"
+    "('softmax', 'linear', 'bogus'))}, seeds=(0,))"
 )
 
 
 def _write_study(tmp_path, sweep=_TWO_POINTS,
-                 baseline='attention=dot_product') -> str:
+                 baseline='attention=softmax') -> str:
   path = tmp_path / 'tiny_study.py'
   path.write_text(_STUDY.format(sweep=sweep, baseline=baseline))
   return str(path)
@@ -71,8 +72,8 @@ def test_study_point_configs_apply_overrides_to_a_copy(tmp_path):
   linear = study.point('attention=linear/seed=0')
   config = study.point_config(linear)
   assert config.model.attention == 'linear'
-  assert study.base_config.model.attention == 'dot_product'
-  assert study.variants == ['attention=dot_product', 'attention=linear',
+  assert study.base_config.model.attention == 'softmax'
+  assert study.variants == ['attention=softmax', 'attention=linear',
                             'attention=bogus']
   with pytest.raises(study_lib.StudyError, match='No point'):
     study.point('attention=linear/seed=3')
@@ -176,8 +177,75 @@ def test_points_finished_in_another_study_are_reused(tmp_path):
     with open(os.path.join(path, 'reused.json')) as f:
       assert json.load(f)['source'].endswith(f'v{bleu}/seed=9')
   text = report.write_report(workdir, num_samples=10)
-  assert '- Reused: attention=dot_product/seed=0, attention=linear/seed=0' in (
+  assert '- Reused: attention=softmax/seed=0, attention=linear/seed=0' in (
       text)
+
+
+def _finish_scored_point(path, config, hypotheses, references):
+  """A finished point as training leaves it, with its test translations."""
+  os.makedirs(os.path.join(path, 'translations'))
+  results = {'test_bleu': bleu.corpus_bleu(hypotheses, references),
+             'eval_loss': 3.0, 'steps': 10, 'num_params': 5,
+             'config': config.to_dict()}
+  with open(os.path.join(path, 'results.json'), 'w') as f:
+    json.dump(results, f)
+  for name, lines in (('test.txt', hypotheses),
+                      ('test_references.txt', references)):
+    with open(os.path.join(path, 'translations', name), 'w') as f:
+      f.writelines(line + '\n' for line in lines)
+
+
+def test_report_of_one_seed_a_side_resamples_no_seeds(tmp_path):
+  # A partial workdir: seed 0 of each side finished on the 60 sentences
+  # eval.final_sentences limits the test split to; the variant differs from
+  # the baseline in one word. Resampling one seed resamples nothing, so the
+  # seed columns are n/a with the reason, not a copy of the sentence columns.
+  study = study_lib.load(_write_study(
+      tmp_path, "study.grid({'attention': ('model.attention', "
+      "('softmax', 'linear'))}, seeds=(0, 1))"))
+  workdir = str(tmp_path / 'study')
+  runner.write_manifest(study, workdir, [], 0)
+  references = [f'Verse {i} tells of the earth and the waters above it .'
+                for i in range(60)]
+  baseline_output = [r.replace('waters', 'water') if i % 3 else r
+                     for i, r in enumerate(references)]
+  variant_output = list(baseline_output)
+  variant_output[1] = references[1]
+
+  def finish(point, hypotheses):
+    config = runner.budgeted_config(study, point, 0)
+    config.eval.final_sentences = 60
+    _finish_scored_point(runner.point_dir(workdir, point), config, hypotheses,
+                         references)
+
+  finish(study.point('attention=softmax/seed=0'), baseline_output)
+  finish(study.point('attention=linear/seed=0'), variant_output)
+  text = report.write_report(workdir, num_samples=100)
+  row = next(line for line in text.splitlines()
+             if line.startswith('| attention=linear |'))
+  cells = [c.strip() for c in row.split('|')[1:-1]]
+  assert cells[5] == ('n/a: 1 seed of the baseline, 1 seed of the variant; '
+                      'resampling needs 2 a side')
+  assert cells[6] == 'n/a'
+  assert cells[4] != 'n/a'  # Test sentences alone are still resampled.
+  assert 'Resampling test sentences and seeds: n/a for attention=linear' in (
+      text)
+  assert 'whole test split' not in text
+  assert ('- Test sentences scored: 60 (the first 60 of the test split: '
+          'eval.final_sentences = 60).') in text
+  summary = {r['variant']: r for r in _read_csv(
+      os.path.join(workdir, 'summary.csv'))}
+  assert summary['attention=linear']['seeds_p_value'] == 'nan'
+
+  # With the second seeds the seed columns are resampled.
+  finish(study.point('attention=softmax/seed=1'), baseline_output)
+  finish(study.point('attention=linear/seed=1'), variant_output)
+  text = report.write_report(workdir, num_samples=100)
+  row = next(line for line in text.splitlines()
+             if line.startswith('| attention=linear |'))
+  cells = [c.strip() for c in row.split('|')[1:-1]]
+  assert cells[5].startswith('[') and float(cells[6]) >= 0
+  assert 'n/a for' not in text
 
 
 def _run(flags, tmp_path, name) -> str:
@@ -203,7 +271,8 @@ def test_tiny_study_runs_skips_resumes_and_reports(tmp_path, data_dir):
   linear = points / 'attention=linear' / 'seed=0'
 
   log = _run(flags, tmp_path, 'first')
-  assert "FAILED after" in log and "Unknown attention 'bogus'" in log
+  assert "FAILED after" in log
+  assert "Unknown attention mechanism 'bogus'" in log
   rows = {r['name']: r for r in _read_csv(workdir / 'results.csv')}
   assert [rows[n]['status'] for n in rows] == ['done', 'done', 'failed']
   assert float(rows['attention=linear/seed=0']['steps']) == 10
@@ -213,16 +282,17 @@ def test_tiny_study_runs_skips_resumes_and_reports(tmp_path, data_dir):
     assert (workdir / name).stat().st_size > 0, name
   text = (workdir / 'report.md').read_text()
   assert '| attention=linear | 1/1 |' in text
-  assert '## Failed points' in text and "Unknown attention 'bogus'" in text
+  assert '## Failed points' in text
+  assert "Unknown attention mechanism 'bogus'" in text
   assert 'Someone (2026) found something.' in text
   assert 'equal training steps (10 per point)' in text
 
   # An interrupted point: its checkpoint of step 10 is there, results not.
   (linear / 'results.json').unlink()
-  baseline_log = (points / 'attention=dot_product' / 'seed=0' / 'log.txt')
+  baseline_log = (points / 'attention=softmax' / 'seed=0' / 'log.txt')
   baseline_before = baseline_log.read_text()
   log = _run(flags, tmp_path, 'second')
-  assert 'attention=dot_product/seed=0: finished earlier, skipped.' in log
+  assert 'attention=softmax/seed=0: finished earlier, skipped.' in log
   assert 'attention=linear/seed=0: resuming' in log
   assert 'attention=bogus/seed=0: failed before, retrying' in log
   assert baseline_log.read_text() == baseline_before

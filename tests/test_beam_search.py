@@ -90,12 +90,12 @@ def run_beam(tables, beam_size, alpha, max_len):
   return np.asarray(seqs), np.asarray(scores)
 
 
-def brute_force(table, alpha, max_len):
+def brute_force(table, alpha, max_len, words=(A, B)):
   """All finished hypotheses as (score, padded sequence), best first."""
   results = []
   for length in range(1, max_len + 1):
-    for words in itertools.product((A, B), repeat=length - 1):
-      seq = words + (EOS,)
+    for prefix in itertools.product(words, repeat=length - 1):
+      seq = prefix + (EOS,)
       logp = sum(table[prefix_node(seq[:i]), tok] for i, tok in enumerate(seq))
       score = logp / ((5 + length) / 6)**alpha
       results.append((score, seq + (bs.PAD_ID,) * (max_len - length)))
@@ -246,7 +246,8 @@ def test_batch_rows_are_independent():
 
 def test_row_without_eos_returns_alive_beams():
   # EOS is impossible in row 0, so its best alive beams of full length come
-  # back with raw log-prob sums; row 1 finishes normally.
+  # back, scored like finished ones: log-prob sums over lp(3); row 1 finishes
+  # normally.
   rng = np.random.default_rng(3)
   no_eos = random_table(rng, max_len=3)
   no_eos[:, EOS] = -np.inf
@@ -259,8 +260,80 @@ def test_row_without_eos_returns_alive_beams():
         seq) for seq in itertools.product((A, B), repeat=3)),
       reverse=True)[:6]
   assert [tuple(s) for s in seqs[0]] == [seq for _, seq in expected]
-  np.testing.assert_allclose(scores[0], [s for s, _ in expected], rtol=1e-5)
+  np.testing.assert_allclose(
+      scores[0], [s / bs.length_penalty(3, 2.0) for s, _ in expected],
+      rtol=1e-5)
   assert (seqs[1, :, :] == EOS).any(axis=1).all()
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.6])
+@pytest.mark.parametrize('seed', range(3))
+def test_fewer_than_k_finished_are_topped_up_with_alive_beams(alpha, seed):
+  # EOS is possible only as the first token, so one hypothesis finishes and
+  # the other three slots must hold the best full-length alive beams (beam 4
+  # keeps all 8 candidates of the last step, so they are the exact top 3),
+  # never -inf all-padding placeholders.
+  table = random_table(np.random.default_rng(seed), max_len=3)
+  table[1:, EOS] = -np.inf
+  table = table - np.logaddexp.reduce(table, axis=-1, keepdims=True)
+  seqs, scores = run_beam([table], beam_size=4, alpha=alpha, max_len=3)
+
+  alive = sorted(
+      ((sum(table[prefix_node(seq[:i]), tok] for i, tok in enumerate(seq))
+        / bs.length_penalty(3, alpha), seq)
+       for seq in itertools.product((A, B), repeat=3)),
+      reverse=True)[:3]
+  assert [tuple(s) for s in seqs[0]] == [(EOS, 0, 0)] + [s for _, s in alive]
+  np.testing.assert_allclose(
+      scores[0], [table[0, EOS]] + [s for s, _ in alive], rtol=1e-5)
+  assert np.isfinite(scores).all()
+
+
+def test_toy_model_preferring_the_pad_id_never_emits_it():
+  # Unmasked, "0 EOS" (.7) wins and prints as an empty string. Over the
+  # tokens that can be emitted the first step is EOS 1/3, a 2/3.
+  table = table_from_probs({
+      (): {0: .7, EOS: .1, A: .2},
+      (0,): {EOS: 1.0},
+      (A,): {EOS: 1.0},
+  }, max_len=2)
+  seqs, scores = run_beam([table], beam_size=2, alpha=0.0, max_len=2)
+  np.testing.assert_array_equal(seqs[0], [[A, EOS], [EOS, 0]])
+  np.testing.assert_allclose(scores[0], np.log([2 / 3, 1 / 3]), rtol=1e-5)
+
+
+@pytest.mark.parametrize('bos_id', [bs.PAD_ID, B])
+@pytest.mark.parametrize('seed', range(3))
+def test_pad_and_bos_ids_are_masked_at_every_step(bos_id, seed):
+  # The model puts most of its mass on the pad id (and on bos where bos is a
+  # word id) at every prefix; the search must return the brute-force best over
+  # the other tokens, with the masked tokens' mass renormalised away.
+  table = random_table(np.random.default_rng(seed), max_len=3)
+  table[:, bs.PAD_ID] = 3.0
+  table[:, bos_id] = 3.0
+  words = tuple(w for w in (A, B) if w != bos_id)
+  masked = table.copy()
+  masked[:, [bs.PAD_ID, bos_id]] = -np.inf
+  masked = masked - np.logaddexp.reduce(masked, axis=-1, keepdims=True)
+  tokens_to_logits, cache = make_decoder(table[None], 2, max_len=3)
+  seqs, scores = bs.beam_search(
+      tokens_to_logits, cache, 1, beam_size=2, alpha=0.6, max_decode_len=3,
+      eos_id=EOS, bos_id=bos_id)
+  expected = brute_force(masked, 0.6, 3, words)[:2]
+
+  seqs = np.asarray(seqs)
+  assert [tuple(s) for s in seqs[0]] == [seq for _, seq in expected]
+  np.testing.assert_allclose(scores[0], [s for s, _ in expected], rtol=1e-5)
+  for seq in seqs[0]:
+    emitted = seq[:list(seq).index(EOS) + 1]
+    assert bs.PAD_ID not in emitted and bos_id not in emitted
+
+
+def test_eos_that_could_never_be_emitted_is_refused():
+  tokens_to_logits, cache = make_decoder(np.zeros((1, 21, VOCAB)), 2, 3)
+  with pytest.raises(ValueError, match='eos_id 0 must differ'):
+    bs.beam_search(tokens_to_logits, cache, 1, beam_size=2, alpha=0.0,
+                   max_decode_len=3, eos_id=bs.PAD_ID)
 
 
 def test_jit_matches_eager():

@@ -15,6 +15,7 @@ from attention_jax.data import input_pipeline
 from attention_jax.data import parallel_text
 from attention_jax.data import wmt14
 from attention_jax.model import from_config
+from attention_jax.train import config_check
 from experiments.configs import bible as bible_config
 from experiments.configs import parallel_text as parallel_text_config
 from experiments.configs import wmt14_base
@@ -308,7 +309,7 @@ def test_wmt14_unprepared_without_tensorflow_says_how_to_get_it(tmp_path):
 
 def test_configs_pass_check_config(tmp_path):
   config = wmt14_base.get_config()
-  from_config.check_config(config)
+  config_check.check_config(config)
   corpora.check_dataset(config.data)
   model = from_config.transformer_config(config, config.data.vocab_size)
   assert (model.num_encoder_layers, model.num_decoder_layers) == (6, 6)
@@ -322,5 +323,5 @@ def test_configs_pass_check_config(tmp_path):
   _write_lines(prefix.with_suffix('.en'), [b'Hello.'])
   config = parallel_text_config.get_config()
   config.data.update(dict.fromkeys(corpora.SPLITS, str(prefix)))
-  from_config.check_config(config)
+  config_check.check_config(config)
   corpora.check_dataset(config.data)

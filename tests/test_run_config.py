@@ -85,7 +85,7 @@ def test_fields_free_to_change_on_resume_are_accepted(tmp_path):
       'optimizer.learning_rate': 1e-4, 'label_smoothing': 0.0,
       'mesh.data': 2, 'mesh.fsdp': -1,
       'model.dtype': 'bfloat16', 'model.implementation': 'xla',
-      'model.chunk_size': 16, 'model.dropout_rate': 0.3,
+      'model.dropout_rate': 0.3,
       'model.attention_dropout_rate': 0.0,
   })
   run_config.check_resumable(config, str(workdir))
@@ -105,3 +105,51 @@ def test_decode_length_is_fixed_only_by_learned_positions(
       run_config.check_resumable(config, str(workdir))
   else:
     run_config.check_resumable(config, str(workdir))
+
+
+def test_options_of_mechanisms_in_use_are_model_fields(tmp_path):
+  """Options follow from the registry: those of a mechanism in use are fixed
+  unless it declares them computation-only; those of unused ones are free."""
+  config = smoke.get_config()
+  config.model.attention = 'local'
+  workdir = _first_run(tmp_path, config, checkpoint=False)
+  free = smoke.get_config()
+  free.model.attention = 'local'
+  free.model.options.local.chunk_size = 7  # In Local.RESUMABLE_FIELDS.
+  free.model.options.performer.num_random_features = 3  # Not in use.
+  free.model.position_options.relative_bias.num_buckets = 8  # Not in use.
+  run_config.check_resumable(free, str(workdir))
+  fixed = smoke.get_config()
+  fixed.model.attention = 'local'
+  fixed.model.options.local.window_size = 8
+  with pytest.raises(ValueError,
+                     match='config.model.options.local.window_size: 64 -> 8'):
+    run_config.check_resumable(fixed, str(workdir))
+
+
+def test_position_options_of_the_scheme_in_use_are_model_fields(tmp_path):
+  config = smoke.get_config()
+  config.model.position_scheme = 'relative_bias'
+  workdir = _first_run(tmp_path, config, checkpoint=False)
+  config.model.position_options.relative_bias.num_buckets = 16
+  with pytest.raises(
+      ValueError,
+      match='config.model.position_options.relative_bias.num_buckets: 32 -> 16'):
+    run_config.check_resumable(config, str(workdir))
+
+
+def test_workdir_from_before_the_attention_contract_is_refused(tmp_path,
+                                                                no_data):
+  """Its config.json has the old global option fields and mechanism names."""
+  workdir = _first_run(tmp_path, smoke.get_config())
+  old = _recorded(workdir)
+  model = old['model']
+  del model['options'], model['position_options']
+  model.update(attention='dot_product', window_size=64, chunk_size=512,
+               num_random_features=256, relative_num_buckets=32,
+               relative_max_distance=128)
+  (workdir / 'config.json').write_text(json.dumps(old))
+  with pytest.raises(ValueError, match='before mechanisms carried their own'
+                     ' options.*commit 4294743'):
+    trainer.train_and_evaluate(smoke.get_config(), str(workdir))
+  assert _recorded(workdir) == old

@@ -11,11 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attention_jax import sharding
 from attention_jax.model import from_config
 from attention_jax.model.transformer import Transformer
+from attention_jax.train import config_check
 from attention_jax.train import optim
-from attention_jax.train import sharding
 from attention_jax.train import steps
+from attention_jax.train import train_state
 from experiments.configs import smoke
 
 VOCAB = 64
@@ -64,7 +66,7 @@ def _train(config, batches, devices=None):
   mesh = sharding.make_mesh(config.mesh, devices)
   model = Transformer(from_config.transformer_config(config, VOCAB))
   tx, _ = optim.make_optimizer(config)
-  state, shardings = sharding.create_train_state(
+  state, shardings = train_state.create(
       model, tx, config.seed, mesh, LENGTH, sharding.logical_rules(config.mesh)
   )
   train_step = jax.jit(
@@ -113,14 +115,14 @@ def test_the_state_is_created_sharded_without_a_whole_copy():
   mesh = sharding.make_mesh(config.mesh)
   model = Transformer(from_config.transformer_config(config, VOCAB))
   tx, _ = optim.make_optimizer(config)
-  _, shardings = sharding.abstract_train_state(
+  _, shardings = train_state.abstract(
       model, tx, config.seed, mesh, LENGTH, sharding.logical_rules(config.mesh)
   )
   split = [
       s for s in jax.tree.leaves(shardings.params) if 'fsdp' in tuple(s.spec)
   ]
   assert len(split) > 10
-  state, _ = sharding.create_train_state(
+  state, _ = train_state.create(
       model, tx, config.seed, mesh, LENGTH, sharding.logical_rules(config.mesh)
   )
   kernel = state.params['decoder_0']['mlp']['Dense_0']['kernel']
@@ -184,4 +186,4 @@ def test_parallelism_mistakes_are_refused_before_compilation(
     overrides, message
 ):
   with pytest.raises(ValueError, match=message):
-    from_config.check_config(_config(**overrides))
+    config_check.check_config(_config(**overrides))

@@ -9,7 +9,7 @@ import sys
 import jax
 import pytest
 
-from attention_jax.model import from_config
+from attention_jax.train import config_check
 from attention_jax.train import trainer
 from experiments.configs import smoke
 
@@ -61,7 +61,7 @@ def test_bad_config_is_refused_with_the_field_and_the_fix(data_dir):
   config = _config(data_dir, 1)
   config.model.num_heads = 3
   with pytest.raises(ValueError, match=r'config.model.emb_dim=64 .*num_heads'):
-    from_config.check_config(config)
+    config_check.check_config(config)
 
 
 def test_misspelled_override_is_an_error():

@@ -1,4 +1,5 @@
-"""Properties of the Transformer: causality, packing, cached decoding."""
+"""Properties of the Transformer as a whole: causality through its layers,
+packing. Cached decoding of every mechanism is in test_attention_contract.py."""
 
 import flax.linen as nn
 import jax
@@ -10,8 +11,6 @@ from attention_jax.model.config import TransformerConfig
 from attention_jax.model.transformer import DecoderLayer
 from attention_jax.model.transformer import shift_right
 from attention_jax.model.transformer import Transformer
-
-import decoding_checks
 
 CFG = TransformerConfig(
     vocab_size=40, emb_dim=32, num_heads=4, num_encoder_layers=2,
@@ -83,6 +82,3 @@ def test_packed_pairs_do_not_see_each_other():
   alone = model.apply(params, inputs[:, :3], targets[:, :2])
   np.testing.assert_allclose(logits[0, :2], alone[0], atol=1e-5)
 
-
-def test_cached_decoding_equals_full_forward():
-  decoding_checks.assert_cached_decoding_equals_full_forward(CFG)

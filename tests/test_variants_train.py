@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 
 from attention_jax import attention
+from attention_jax import sharding
 from attention_jax.data import batches
 from attention_jax.data import input_pipeline
 from attention_jax.model import from_config
 from attention_jax.model.transformer import Transformer
+from attention_jax.train import config_check
 from attention_jax.train import optim
-from attention_jax.train import sharding
 from attention_jax.train import steps
+from attention_jax.train import train_state
 from experiments.configs import smoke
 
 
@@ -32,8 +34,9 @@ def train_batches(data_dir, tmp_path_factory):
 
 
 def _placement(name):
-  """Config overrides that put mechanism `name` everywhere it can go."""
-  if attention.get(name).can_be_causal:
+  """Config overrides that put mechanism `name` everywhere it can go: a
+  mechanism that cannot be causal goes to cross-attention only."""
+  if attention.get(name).capabilities.causal:
     return {'attention': name}
   return {'cross_attention': name}
 
@@ -44,12 +47,12 @@ def test_variant_lowers_the_smoke_loss(name, train_batches):
   config = smoke.get_config()
   for field, value in _placement(name).items():
     config.model[field] = value
-  from_config.check_config(config)
+  config_check.check_config(config)
   cfg = from_config.transformer_config(config, vocab_size)
   model = Transformer(cfg)
   tx, _ = optim.make_optimizer(config)
   mesh = sharding.make_mesh(config.mesh)
-  state, _ = sharding.create_train_state(
+  state, _ = train_state.create(
       model, tx, config.seed, mesh, config.data.max_len,
       sharding.logical_rules(config.mesh),
   )

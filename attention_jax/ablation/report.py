@@ -141,6 +141,7 @@ def summarise(records: list[PointRecord], baseline: str,
         'difference': math.nan, 'ci_low': math.nan, 'ci_high': math.nan,
         'p_value': math.nan, 'seeds_ci_low': math.nan,
         'seeds_ci_high': math.nan, 'seeds_p_value': math.nan,
+        'seeds_not_resampled': '',
     }
     variant_stats = stats_of(variant)
     if (variant != baseline and variant_stats is not None
@@ -150,12 +151,24 @@ def summarise(records: list[PointRecord], baseline: str,
       )
       row.update({k: v for k, v in dataclasses.asdict(comparison).items()
                   if k in row})
+      row['seeds_not_resampled'] = _too_few_seeds(
+          len(baseline_stats), len(variant_stats))
     rows.append(row)
   best = max((r['test_bleu_mean'] for r in rows
               if not math.isnan(r['test_bleu_mean'])), default=math.nan)
   for row in rows:
     row['gap_to_best'] = row['test_bleu_mean'] - best
   return rows
+
+
+def _too_few_seeds(baseline_seeds: int, variant_seeds: int) -> str:
+  """Why seeds cannot be resampled, or '' where both sides have enough."""
+  if min(baseline_seeds, variant_seeds) >= significance.MIN_SEEDS:
+    return ''
+  def seeds(count):
+    return f'{count} seed' + ('' if count == 1 else 's')
+  return (f'{seeds(baseline_seeds)} of the baseline, {seeds(variant_seeds)} '
+          f'of the variant; resampling needs {significance.MIN_SEEDS} a side')
 
 
 _POINT_COLUMNS = (
@@ -199,8 +212,12 @@ def _markdown_table(rows: list[dict], baseline: str, memory_kind: str) -> str:
       delta = (f'{r["difference"]:+.2f} [{r["ci_low"]:+.2f}, '
                f'{r["ci_high"]:+.2f}]')
       p = f'{r["p_value"]:.3f}'
-      seeds_ci = f'[{r["seeds_ci_low"]:+.2f}, {r["seeds_ci_high"]:+.2f}]'
-      seeds_p = f'{r["seeds_p_value"]:.3f}'
+      if r['seeds_not_resampled']:
+        seeds_ci, seeds_p = f'n/a: {r["seeds_not_resampled"]}', 'n/a'
+      else:
+        seeds_ci = (f'[{r["seeds_ci_low"]:+.2f}, '
+                    f'{r["seeds_ci_high"]:+.2f}]')
+        seeds_p = f'{r["seeds_p_value"]:.3f}'
     lines.append(
         f'| {r["variant"]} | {r["finished"]}/{r["points"]} '
         f'| {_fmt(r["test_bleu_mean"])} ± {_fmt(r["test_bleu_std"])} '
@@ -225,6 +242,17 @@ def _significance_text(rows: list[dict], baseline: str) -> str:
            f'p < {significance.LEVEL}:']
   for key, how in (('p_value', 'resampling test sentences'),
                    ('seeds_p_value', 'resampling test sentences and seeds')):
+    if key == 'seeds_p_value':
+      skipped = [r for r in compared if r['seeds_not_resampled']]
+      compared = [r for r in compared if not r['seeds_not_resampled']]
+      if skipped:
+        parts.append(
+            f'{how.capitalize()}: n/a for '
+            + '; '.join(f'{r["variant"]} ({r["seeds_not_resampled"]})'
+                        for r in skipped) + '.'
+        )
+      if not compared:
+        continue
     better = [r['variant'] for r in compared
               if significance.is_significant(r[key]) and r['difference'] > 0]
     worse = [r['variant'] for r in compared
@@ -238,6 +266,25 @@ def _significance_text(rows: list[dict], baseline: str) -> str:
         f'not significantly different: {", ".join(same) or "none"}.'
     )
   return ' '.join(parts)
+
+
+def _test_sentences_text(records: list[PointRecord],
+                         base_config: dict) -> str:
+  """How many test sentences the finished points were scored on."""
+  counts = {len(r.test_references) for r in records
+            if r.test_references is not None}
+  if not counts:
+    return ('unknown: no finished point left '
+            'translations/test_references.txt')
+  # summarise() has refused differing test sets, so there is one count.
+  count, = counts
+  limit = base_config.get('eval', {}).get('final_sentences')
+  if limit:
+    return (f'{count:,} (the first {count:,} of the test split: '
+            f'eval.final_sentences = {limit:,})')
+  if limit == 0:
+    return f'{count:,} (the whole test split)'
+  return f'{count:,}'
 
 
 def write_report(workdir: str, num_samples: int = 1000) -> str:
@@ -314,14 +361,18 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
          'finished in another study, copied from there; their wall time is '
          'the original run\'s, included above).'] if reused else []),
       f'- Baseline: `{baseline}`.',
+      f'- Test sentences scored: '
+      f'{_test_sentences_text(records, base_config)}.',
       '',
       '## Results',
       '',
       _markdown_table(rows, baseline, memory_kind),
       _significance_text(rows, baseline),
       '',
-      'Test BLEU is sacrebleu\'s corpus BLEU on the whole test split; mean ± '
-      'sample standard deviation over the finished seeds. Δ is the variant\'s '
+      'Test BLEU is sacrebleu\'s corpus BLEU on the test sentences scored '
+      '(above), after the tokenizer\'s normalisation of both sides '
+      '(attention_jax/decode/bleu.py); mean ± sample standard deviation over '
+      'the finished seeds. Δ is the variant\'s '
       'mean BLEU minus the baseline\'s; its 95% interval (2.5th to 97.5th '
       f'percentile) and p-value come from {num_samples} paired bootstrap '
       'resamples of the test sentences, each resample scoring every seed of '
@@ -329,7 +380,9 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
       'significance.py). That interval covers test-set sampling only; the '
       '"seeds resampled too" interval and p-value also draw each side\'s '
       'seeds with replacement, adding the spread of training runs (a rough '
-      'allowance with 3 seeds). "vs best" is the gap to the best mean. '
+      'allowance with few seeds; n/a where a side has fewer than '
+      f'{significance.MIN_SEEDS} finished seeds, as one seed resamples '
+      'nothing). "vs best" is the gap to the best mean. '
       'Valid loss is the token-level NLL on the whole validation split after '
       'training; train tok/s counts target tokens; decode tok/s counts '
       'output pieces of the test translation (beam search); peak memory is '

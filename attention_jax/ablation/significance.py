@@ -9,7 +9,9 @@ means over seeds, so the interval covers test-set sampling of the mean BLEU
 that the report prints. A second interval and p-value also resample each
 side's seeds (with replacement, within every sentence resample), so they
 include the seed-to-seed spread of training: a difference can be significant
-over test sentences yet within seed noise.
+over test sentences yet within seed noise. With fewer than two seeds on a side
+there is nothing to resample there, so that interval and p-value are nan
+(not available) rather than a copy of the sentence-only ones.
 
 The p-value is that of the shifted paired bootstrap (Koehn, 2004;
 Berg-Kirkpatrick et al., 2012): the resampled differences d_i, shifted by the
@@ -24,10 +26,13 @@ p = 1 / (1 + samples) from sacrebleu and p = 1 here.
 
 import collections
 import dataclasses
+import math
 from typing import Sequence
 
 import numpy as np
 from sacrebleu.tokenizers import tokenizer_13a
+
+from attention_jax.decode import bleu
 
 MAX_ORDER = 4
 # Columns of a statistics row: matches of order 1..4, totals of order 1..4,
@@ -47,15 +52,20 @@ def _ngrams(words: list[str]) -> collections.Counter:
 def sentence_stats(
     hypotheses: Sequence[str], references: Sequence[str]
 ) -> np.ndarray:
-  """[sentences, NUM_STATS] BLEU statistics, 13a tokenisation (sacrebleu's)."""
+  """[sentences, NUM_STATS] BLEU statistics, 13a tokenisation (sacrebleu's).
+
+  Both sides are first normalised as `decode/bleu.py` does, so the summed
+  statistics score what `bleu.corpus_bleu` scores, and a hypothesis equal to
+  its reference up to the tokenizer's normalisation scores 100.
+  """
   if len(hypotheses) != len(references):
     raise ValueError(
         f'{len(hypotheses)} hypotheses for {len(references)} references.'
     )
   stats = np.zeros((len(hypotheses), NUM_STATS), np.int64)
   for row, (hyp, ref) in enumerate(zip(hypotheses, references)):
-    hyp_words = _tokenize(hyp.rstrip()).split()
-    ref_words = _tokenize(ref.rstrip()).split()
+    hyp_words = _tokenize(bleu.normalize(hyp)).split()
+    ref_words = _tokenize(bleu.normalize(ref)).split()
     hyp_counts, ref_counts = _ngrams(hyp_words), _ngrams(ref_words)
     for gram, count in hyp_counts.items():
       order = len(gram) - 1
@@ -113,10 +123,15 @@ class Comparison:
   p_value: float
   # Test sentences and, on each side, the seeds resampled: adds the
   # seed-to-seed spread of training, which the sentence bootstrap ignores.
+  # nan where a side has fewer than MIN_SEEDS seeds.
   seeds_ci_low: float
   seeds_ci_high: float
   seeds_p_value: float
   num_samples: int
+
+
+# Resampling fewer seeds than this with replacement resamples nothing.
+MIN_SEEDS = 2
 
 
 def _resampled_bleu(stats: np.ndarray, draws: np.ndarray) -> np.ndarray:
@@ -156,7 +171,8 @@ def paired_bootstrap(
     percentile interval over the resamples, and the p-value of the null
     hypothesis that the two are equally good; both once with the test
     sentences resampled, and once with each side's seeds resampled as well
-    (with few seeds a rough allowance for training noise, not an exact one).
+    (with few seeds a rough allowance for training noise, not an exact one;
+    nan where either side has fewer than `MIN_SEEDS` seeds).
   """
   baseline, variant = np.asarray(baseline), np.asarray(variant)
   if baseline.ndim == 2:
@@ -180,12 +196,15 @@ def paired_bootstrap(
   sentences = _interval_and_p(
       variant_bleu.mean(0) - baseline_bleu.mean(0), observed
   )
-  rng = np.random.default_rng(seed + 1)
-  seeds = _interval_and_p(
-      _seed_resampled_mean(variant_bleu, rng)
-      - _seed_resampled_mean(baseline_bleu, rng),
-      observed,
-  )
+  if min(len(baseline), len(variant)) < MIN_SEEDS:
+    seeds = (math.nan, math.nan, math.nan)
+  else:
+    rng = np.random.default_rng(seed + 1)
+    seeds = _interval_and_p(
+        _seed_resampled_mean(variant_bleu, rng)
+        - _seed_resampled_mean(baseline_bleu, rng),
+        observed,
+    )
   return Comparison(observed, *sentences, *seeds, num_samples)
 
 

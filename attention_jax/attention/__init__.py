@@ -1,14 +1,16 @@
-"""Attention mechanisms, chosen by name through one registry."""
+"""Attention mechanisms, one per file, found and registered on import.
 
-# Importing a mechanism's module registers it.
-from attention_jax.attention import additive  # noqa: F401
-from attention_jax.attention import bilinear  # noqa: F401
-from attention_jax.attention import chunked  # noqa: F401
-from attention_jax.attention import cosine  # noqa: F401
-from attention_jax.attention import dot_product  # noqa: F401
-from attention_jax.attention import linear  # noqa: F401
-from attention_jax.attention import local  # noqa: F401
-from attention_jax.attention import no_attention  # noqa: F401
-from attention_jax.attention import performer  # noqa: F401
+Every module of this package is imported here, so a new file whose class is
+decorated with `registry.register(NAME)` is selectable by `NAME` without
+editing anything else (see base.py for the contract it follows).
+"""
+
+import importlib
+import pkgutil
+
+from attention_jax.attention.registry import MECHANISMS
 from attention_jax.attention.registry import get
 from attention_jax.attention.registry import names
+
+for _module in pkgutil.iter_modules(__path__):
+  importlib.import_module(f'{__name__}.{_module.name}')

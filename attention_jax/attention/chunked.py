@@ -17,63 +17,19 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from attention_jax.attention import base
+from attention_jax.attention import masks
 from attention_jax.attention import registry
-from attention_jax.attention.dot_product import DotProductAttention
-from attention_jax.attention.dot_product import dot_product_scores
-from attention_jax.attention.dot_product import repeat_kv_heads
+from attention_jax.attention import softmax
 
-# The baseline's fill: a query that may see no key at all then averages all
-# keys, exactly as `softmax_weighted_sum` does. Keys added by internal
-# padding get -inf instead, so they never count.
+# The softmax baseline's fill: a query that may see no key at all then
+# averages all keys, exactly as `softmax.softmax_weighted_sum` does. Keys
+# added by internal padding get -inf instead, so they never count.
 _MASKED = jnp.finfo(jnp.float32).min
 
 # (q_index_C, k_index_C) -> array broadcastable to [B, H, Cq, Ck]. Indices
 # count from 0 in the unpadded sequences and may run past their ends.
 BlockFn = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenMask:
-  """An attention mask kept as per-token vectors, never as Q x K.
-
-  Query i may see key j when both belong to the same non-padding segment,
-  when `causal` is False or j <= i + K - Q (the baseline's causal mask), and
-  when `extra(q_positions, kv_positions)` allows it. `extra` must be made of
-  broadcasting comparisons only (as `_extra_mask` hooks are), so that
-  applying it to a block's positions gives that block's mask.
-  """
-
-  q_segment_ids_BxQ: jax.Array
-  kv_segment_ids_BxK: jax.Array
-  causal: bool = False
-  q_positions_BxQ: jax.Array | None = None
-  kv_positions_BxK: jax.Array | None = None
-  extra: Callable[[jax.Array, jax.Array], jax.Array | None] | None = None
-
-  def block(self, q_index_C, k_index_C):
-    """Boolean mask of one block, [B, 1, Cq, Ck]."""
-    q_seg_BxC = _take_tokens(self.q_segment_ids_BxQ, q_index_C)
-    kv_seg_BxC = _take_tokens(self.kv_segment_ids_BxK, k_index_C)
-    allowed_BxQxK = (q_seg_BxC[:, :, None] == kv_seg_BxC[:, None, :]) & (
-        kv_seg_BxC != 0
-    )[:, None, :]
-    allowed = allowed_BxQxK[:, None]
-    if self.causal:
-      q_len = self.q_segment_ids_BxQ.shape[1]
-      kv_len = self.kv_segment_ids_BxK.shape[1]
-      allowed &= k_index_C[None, :] <= q_index_C[:, None] + kv_len - q_len
-    if self.extra is not None:
-      extra = self.extra(
-          _take_tokens(self.q_positions_BxQ, q_index_C),
-          _take_tokens(self.kv_positions_BxK, k_index_C),
-      )
-      if extra is not None:
-        allowed &= extra
-    return allowed
-
-
-def _take_tokens(x_BxL, index_C):
-  return jnp.take(x_BxL, index_C, axis=1, mode='clip')
 
 
 def sliced_block_fn(dense) -> BlockFn:
@@ -149,9 +105,9 @@ def blockwise_attention(query_BxQxHxD, key_BxKxGxD, value_BxKxGxD,
     acc_BxHxCxD, max_BxHxC, sum_BxHxC = carry
     kv_chunk_index, k_BxCxGxD, v_BxCxGxD = inputs
     k_index_C = kv_chunk_index * kv_chunk + jnp.arange(kv_chunk)
-    v_BxCxHxD = repeat_kv_heads(v_BxCxGxD, num_heads)
-    logits = dot_product_scores(
-        q_BxCxHxD, repeat_kv_heads(k_BxCxGxD, num_heads)
+    v_BxCxHxD = base.repeat_kv_heads(v_BxCxGxD, num_heads)
+    logits = softmax.dot_product_scores(
+        q_BxCxHxD, base.repeat_kv_heads(k_BxCxGxD, num_heads)
     ).astype(jnp.float32)
     if block_bias is not None:
       logits += block_bias(q_index_C, k_index_C)
@@ -221,16 +177,20 @@ def blockwise_attention(query_BxQxHxD, key_BxKxGxD, value_BxKxGxD,
   return out[:, :q_len]
 
 
-def chunked_dot_product(query_BxQxHxD, key_BxKxGxD, value_BxKxGxD,
-                        q_segment_ids_BxQ, kv_segment_ids_BxK, *,
-                        causal: bool = False, chunk_size: int = 512,
-                        dropout_rate: float = 0.0, dropout_rng=None):
+def chunked_softmax(query_BxQxHxD, key_BxKxGxD, value_BxKxGxD,
+                    q_segment_ids_BxQ, kv_segment_ids_BxK, *,
+                    causal: bool = False, chunk_size: int = 512,
+                    dropout_rate: float = 0.0, dropout_rng=None):
   """Exact softmax attention with a segment (and causal) mask, chunk-wise.
 
-  Equal to `scaled_dot_product` with `masks.segment_mask` (and
+  Equal to softmax attention with `masks.segment_mask` (and
   `masks.causal_mask`), in memory linear in the sequence lengths.
   """
-  mask = TokenMask(q_segment_ids_BxQ, kv_segment_ids_BxK, causal=causal)
+  batch = query_BxQxHxD.shape[0]
+  mask = masks.TokenMask(
+      q_segment_ids_BxQ, kv_segment_ids_BxK,
+      jnp.zeros((batch, query_BxQxHxD.shape[1]), jnp.int32),
+      jnp.zeros((batch, key_BxKxGxD.shape[1]), jnp.int32), causal=causal)
   return blockwise_attention(
       query_BxQxHxD, key_BxKxGxD, value_BxKxGxD, mask.block,
       chunk_size=chunk_size, dropout_rate=dropout_rate,
@@ -238,66 +198,51 @@ def chunked_dot_product(query_BxQxHxD, key_BxKxGxD, value_BxKxGxD,
   )
 
 
-@registry.register('chunked')
-class ChunkedAttention(DotProductAttention):
-  """The baseline's softmax attention computed in `cfg.chunk_size` blocks.
+@dataclasses.dataclass(frozen=True)
+class ChunkedOptions:
+  # Query and key chunk length; any value computes the same attention.
+  chunk_size: int = 512
 
-  Same parameters and decoding cache as `dot_product`, and the same outputs
-  up to float rounding. In training self-attention the mask stays in
-  per-token form (a `TokenMask`), so memory is linear in the length. A
-  score bias (ALiBi, relative positions) and the cross-attention mask arrive
-  from the base as full arrays and are sliced block by block: exact, but
-  that array alone keeps its quadratic memory. Decoding uses the baseline's
-  cache with one query against the cached keys, chunked over keys.
+  def __post_init__(self):
+    if self.chunk_size < 1:
+      raise ValueError(f'chunk_size={self.chunk_size} must be at least 1.')
+
+
+def attend_in_blocks(module, inputs, chunk_size: int, mask: masks.TokenMask,
+                     index_band: tuple[int, int] | None = None):
+  """`blockwise_attention` of an attention call, with its dropout and bias.
+
+  A score bias (ALiBi, relative positions) arrives from the frame as a full
+  array and is sliced block by block: exact, but that array alone keeps its
+  quadratic memory.
+  """
+  bias = inputs.bias_BxHxQxK
+  return blockwise_attention(
+      inputs.query_BxQxHxD, inputs.key_BxKxGxD, inputs.value_BxKxGxD,
+      mask.block, chunk_size=chunk_size,
+      block_bias=None if bias is None else sliced_block_fn(bias),
+      index_band=index_band,
+      # The frame's dropout is a Flax module, which cannot run inside the
+      # block loop; the same dropout is redone per block.
+      dropout_rate=inputs.dropout_rate,
+      dropout_rng=(module.make_rng('dropout') if inputs.dropout_rate > 0
+                   else None),
+  )
+
+
+@registry.register('chunked')
+class Chunked(softmax.Softmax):
+  """Softmax attention computed in `chunk_size` blocks, in linear memory.
+
+  Same parameters, decoding cache and outputs (up to float rounding) as
+  `softmax`. The mask stays in per-token form, so no query-by-key array is
+  formed; `jax.checkpoint` makes the backward pass recompute block scores.
   """
 
-  def _self_attention(self, query, inputs_kv, q_segment_ids, kv_segment_ids,
-                      q_positions, kv_positions):
-    query, key, value, mask, bias = super()._self_attention(
-        query, inputs_kv, q_segment_ids, kv_segment_ids, q_positions,
-        kv_positions,
-    )
-    if not self.cfg.decode:
-      # The base's full mask is then unused, and jit removes it.
-      batch = query.shape[0]
-      mask = TokenMask(
-          q_segment_ids,
-          kv_segment_ids,
-          causal=self.causal,
-          q_positions_BxQ=_positions_or_default(q_positions, batch,
-                                                query.shape[1]),
-          kv_positions_BxK=_positions_or_default(kv_positions, batch,
-                                                 key.shape[1]),
-          extra=self._extra_mask,
-      )
-    return query, key, value, mask, bias
+  Options = ChunkedOptions
+  RESUMABLE_FIELDS = ('chunk_size',)
+  TEST_OPTIONS = {'chunk_size': 3}
 
-  def _attend(self, query_BxQxHxD, key_BxKxGxD, value_BxKxGxD, mask, bias,
-              dropout):
-    return blockwise_attention(
-        query_BxQxHxD, key_BxKxGxD, value_BxKxGxD,
-        mask.block if isinstance(mask, TokenMask) else sliced_block_fn(mask),
-        chunk_size=self._block_size(),
-        block_bias=None if bias is None else sliced_block_fn(bias),
-        index_band=self._index_band(mask),
-        # The base's dropout callable is a Flax module, which cannot run
-        # inside the block loop; the same dropout is redone per block.
-        dropout_rate=0.0 if dropout is None
-        else self.cfg.attention_dropout_rate,
-        dropout_rng=None if dropout is None else self.make_rng('dropout'),
-    )
-
-  def _block_size(self) -> int:
-    """Query and key chunk length."""
-    return self.cfg.chunk_size
-
-  def _index_band(self, mask) -> tuple[int, int] | None:
-    """Index band outside which `mask` hides every key; None = no band."""
-    del mask
-    return None
-
-
-def _positions_or_default(positions_BxL, batch: int, length: int):
-  if positions_BxL is not None:
-    return positions_BxL
-  return jnp.broadcast_to(jnp.arange(length), (batch, length))
+  def attend(self, module, inputs):
+    return attend_in_blocks(module, inputs, self.options.chunk_size,
+                            inputs.mask)

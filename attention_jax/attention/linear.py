@@ -15,7 +15,7 @@ How the sums respect padding and packed segments:
   * Padding is segment 0, which no real query belongs to, so real queries
     never see padding keys.
   * Causal (`causal_sums`): segments are contiguous runs, as packing makes
-    them. Positions are cut into chunks of `cfg.chunk_size`: inside a chunk
+    them. Positions are cut into chunks of `chunk_size`: inside a chunk
     the masked score matrix is formed exactly; across chunks only the sums of
     the segment still open at each chunk's end are carried, and a query uses
     them only if it belongs to that segment, which resets the prefix sums at
@@ -31,20 +31,16 @@ How the sums respect padding and packed segments:
     queries and keys from different sequences (cross-attention).
 
 Decoding keeps a constant-size state instead of a growing key/value cache
-(see `LinearAttention`).
+(see `Linear`).
 """
 
-from typing import ClassVar
+import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attention_jax.attention import positions
-from attention_jax.attention import projections
+from attention_jax.attention import base
 from attention_jax.attention import registry
-from attention_jax.attention.dot_product import repeat_kv_heads
-from attention_jax.model.config import TransformerConfig
 
 
 def elu_features(x):
@@ -87,7 +83,7 @@ def causal_sums(phi_q_BxLxHxM, phi_k_BxLxHxM, values_BxLxHxF,
 
   visible_BxNxCxC = (
       (seg_BxNxC[..., :, None] == seg_BxNxC[..., None, :])
-      & jnp.tril(jnp.ones((chunk, chunk), bool))
+      & jnp.tril(jnp.ones((chunk, chunk), bool))[None, None]
   )
   within_BxNxCxHxF = _masked_sums(
       q_BxNxCxHxM, k_BxNxCxHxM, v_BxNxCxHxF, visible_BxNxCxC
@@ -151,7 +147,7 @@ def segment_sums(phi_q_BxQxHxM, phi_k_BxKxHxM, values_BxKxHxF,
   segment_ids_BxT = jnp.concatenate([kv_segment_ids_BxK, q_segment_ids_BxQ], 1)
   is_query_T = jnp.arange(segment_ids_BxT.shape[1]) >= num_keys
   # Stable: within a segment, keys (even) come before queries (odd).
-  order_BxT = jnp.argsort(2 * segment_ids_BxT + is_query_T, axis=1)
+  order_BxT = jnp.argsort(2 * segment_ids_BxT + is_query_T[None], axis=1)
 
   def merged(key_part, query_part):
     both = jnp.concatenate([key_part, query_part], 1)
@@ -207,45 +203,57 @@ def kernel_attention(phi_q_BxQxHxM, phi_k_BxKxHxM, values_BxKxHxD,
   return normalise(sums)
 
 
-def _default_positions(batch: int, length: int):
-  return jnp.broadcast_to(jnp.arange(length), (batch, length))
+@dataclasses.dataclass(frozen=True)
+class LinearOptions:
+  # Positions per chunk of the running sums (see the module docstring); any
+  # value computes the same attention.
+  chunk_size: int = 512
+
+  def __post_init__(self):
+    if self.chunk_size < 1:
+      raise ValueError(f'chunk_size={self.chunk_size} must be at least 1.')
 
 
 @registry.register('linear')
-class LinearAttention(nn.Module):
-  """Multi-head linear attention with a constant-size decoding state.
-
-  Projections are dot_product's: 'query' to (num_heads, head_dim), 'key' and
-  'value' to (num_kv_heads, head_dim) (repeated to num_heads heads), 'out'
-  back to the query width. With `position_scheme='rope'`, self-attention
-  rotates queries and keys before their features.
+class Linear(base.Mechanism):
+  """Linear attention with phi(x) = elu(x) + 1 and a constant-size state.
 
   Features and sums are float32: long sums in bfloat16 would lose the
-  normaliser's precision.
+  normaliser's precision. With 'rope', the frame rotates queries and keys
+  before their features.
 
-  Decoding state in the 'cache' collection, batch-leading for beam search:
-    self-attention: 'state' [B, H, M, D + 1], sum_j phi(k_j) [v_j, 1] over the
-      keys so far (last column: the normaliser); with rope also the scalar
-      'cache_index'; a subclass whose key features carry a per-key log factor
-      also keeps 'key_log_scale' [B, H], the log factor the sums are
-      relative to.
-    cross-attention: 'memory_state' [B, H, M, D + 1], the same sums over the
-      real memory tokens, computed on the creating call. Decoded rows hold one
-      sentence each, so all real memory tokens form one segment.
+  Decoding state (a dict, batch-leading for beam search): 'sums'
+  [B, H, M, D + 1], sum_j phi(k_j) [v_j, 1] over the keys so far (last
+  column: the normaliser); a subclass whose key features carry a per-key log
+  factor also keeps 'key_log_scale' [B, H], the log factor the sums are
+  relative to. Cross-attention keeps the same sums over the real memory
+  tokens (a decoded row holds one sentence: one segment).
   """
 
-  # Capabilities checked when a config is built (see masks.py).
-  can_be_causal: ClassVar[bool] = True
-  forms_scores: ClassVar[bool] = False
+  Options = LinearOptions
+  RESUMABLE_FIELDS = ('chunk_size',)
+  TEST_OPTIONS = {'chunk_size': 3}
+  capabilities = base.Capabilities(
+      causal=True,
+      decoding_state=base.DecodingState.RECURRENT,
+      score_bias=False,
+      position_schemes=frozenset({'rope'}),
+      attention_weights=False,
+  )
 
-  cfg: TransformerConfig
-  causal: bool = False
+  # Whether `key_features` returns a log factor (see there).
+  scaled_key_features = False
 
-  def query_features(self, query_BxLxHxD):
+  def num_features(self, head_dim: int) -> int:
+    """M, the size of phi(x) for heads of size `head_dim`."""
+    return head_dim
+
+  def query_features(self, module, query_BxLxHxD):
     """phi of the queries, [B, L, H, M]; a positive factor per query cancels."""
+    del module
     return elu_features(query_BxLxHxD)
 
-  def key_features(self, key_BxLxHxD, segment_ids_BxL):
+  def key_features(self, module, key_BxLxHxD, segment_ids_BxL):
     """phi of the keys, up to one positive factor per segment (it cancels).
 
     Returns:
@@ -253,125 +261,94 @@ class LinearAttention(nn.Module):
       exp(log_factor[..., None]) are the exact ones; log_factor is [B, L, H],
       equal within a segment, or None when the features are exact.
     """
-    del segment_ids_BxL
+    del module, segment_ids_BxL
     return elu_features(key_BxLxHxD), None
 
-  @nn.compact
-  def __call__(self, inputs_q, inputs_kv, q_segment_ids, kv_segment_ids,
-               q_positions=None, kv_positions=None):
-    cfg = self.cfg
-    positions.check_scheme(cfg.position_scheme)
-    query = self._project('query', cfg.num_heads, inputs_q)
-    if cfg.decode and not self.causal:
-      sums = jnp.einsum(
-          'bqhm,bhmf->bqhf', self.query_features(query),
-          self._memory_state(inputs_kv, kv_segment_ids),
-      )
-      out_BxQxHxD = normalise(sums)
-    else:
-      key, value = self._keys_values(inputs_kv)
-      is_self_attention = self.causal or inputs_kv is inputs_q
-      if cfg.position_scheme == 'rope' and is_self_attention:
-        query, key = self._rotate(query, key, q_positions, kv_positions)
-      if cfg.decode:
-        out_BxQxHxD = self._decode_step(query, key, value)
-      else:
-        phi_k, _ = self.key_features(key, kv_segment_ids)
-        out_BxQxHxD = kernel_attention(
-            self.query_features(query), phi_k, value, q_segment_ids,
-            kv_segment_ids, causal=self.causal, chunk_size=cfg.chunk_size,
-        )
-    return projections.from_heads(
-        cfg, out_BxQxHxD.astype(cfg.dtype), inputs_q.shape[-1]
-    )
-
-  def _project(self, name, num_heads, inputs_BxLxE):
-    heads = projections.to_heads(self.cfg, name, num_heads, inputs_BxLxE)
-    return heads.astype(jnp.float32)
-
-  def _keys_values(self, inputs_kv):
-    """Keys and values with num_kv_heads heads, repeated to num_heads."""
-    kv_heads = self.cfg.num_kv_heads or self.cfg.num_heads
+  def _heads(self, inputs_or_arrays, num_heads):
+    """float32 keys and values with their G heads repeated to H."""
     return tuple(
-        repeat_kv_heads(self._project(name, kv_heads, inputs_kv),
-                        self.cfg.num_heads)
-        for name in ('key', 'value')
+        base.repeat_kv_heads(x.astype(jnp.float32), num_heads)
+        for x in inputs_or_arrays
     )
 
-  def _rotate(self, query, key, q_positions, kv_positions):
-    """Rotary embeddings; in decoding a step's position is its cache index."""
-    batch, length = query.shape[:2]
-    if self.cfg.decode:
-      creating = not self.has_variable('cache', 'cache_index')
-      # A scalar: beam search reorders rows but all rows are at one step.
-      index = self.variable(
-          'cache', 'cache_index', lambda: jnp.array(0, jnp.int32)
-      )
-      if creating:
-        q_positions = _default_positions(batch, length)
-      else:
-        q_positions = jnp.full((batch, length), index.value)
-        index.value += length
-      kv_positions = q_positions
-    else:
-      if q_positions is None:
-        q_positions = _default_positions(batch, length)
-      if kv_positions is None:
-        kv_positions = _default_positions(batch, key.shape[1])
-    return (positions.rotate(query, q_positions),
-            positions.rotate(key, kv_positions))
+  def attend(self, module, inputs):
+    query = inputs.query_BxQxHxD.astype(jnp.float32)
+    key, value = self._heads((inputs.key_BxKxGxD, inputs.value_BxKxGxD),
+                             query.shape[2])
+    mask = inputs.mask
+    phi_k, _ = self.key_features(module, key, mask.kv_segment_ids_BxK)
+    return kernel_attention(
+        self.query_features(module, query), phi_k, value,
+        mask.q_segment_ids_BxQ, mask.kv_segment_ids_BxK, causal=mask.causal,
+        chunk_size=self.options.chunk_size,
+    )
 
-  def _memory_state(self, inputs_kv, kv_segment_ids):
-    """Sums over the encoder memory, computed once on the creating call."""
-    if self.has_variable('cache', 'memory_state'):
-      return self.get_variable('cache', 'memory_state')
-    key, value = self._keys_values(inputs_kv)
-    real_BxK = kv_segment_ids != 0
-    phi_k, _ = self.key_features(key, real_BxK.astype(jnp.int32))
-    phi_k = jnp.where(real_BxK[:, :, None, None], phi_k, 0.0)
-    state = jnp.einsum('bkhm,bkhf->bhmf', phi_k, with_ones(value))
-    self.put_variable('cache', 'memory_state', state)
+  def reference(self, params, inputs, path=()):
+    # out_i = sum_j phi(q_i).phi(k_j) v_j / sum_j phi(q_i).phi(k_j), over
+    # the keys j that query i may see (Katharopoulos et al., eq. 4-5).
+    del params
+    num_heads = inputs.query_BxQxHxD.shape[2]
+    phi_q, phi_k = self.reference_features(
+        inputs.query_BxQxHxD.astype(jnp.float32),
+        base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads).astype(
+            jnp.float32), path)
+    value = base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads).astype(
+        jnp.float32)
+    similarity = jnp.sum(phi_q[:, :, None] * phi_k[:, None], -1)  # BxQxKxH
+    similarity = jnp.where(
+        jnp.moveaxis(base.reference_mask(inputs), 1, -1), similarity, 0.0)
+    numerator = jnp.einsum('bqkh,bkhd->bqhd', similarity, value)
+    normaliser = similarity.sum(2)[..., None]
+    return numerator / jnp.where(normaliser > 0, normaliser, 1.0)
+
+  def reference_features(self, query, key, path):
+    """(phi(q), phi(k)) exactly, as the paper defines them."""
+    del path
+    return jax.nn.elu(query) + 1, jax.nn.elu(key) + 1
+
+  def initial_state(self, module, key_BxKxGxD, value_BxKxGxD, num_heads):
+    del module
+    batch, _, _, depth = value_BxKxGxD.shape
+    state = {'sums': jnp.zeros(
+        (batch, num_heads, self.num_features(key_BxKxGxD.shape[-1]),
+         depth + 1), jnp.float32)}
+    if self.scaled_key_features:
+      state['key_log_scale'] = jnp.full((batch, num_heads),
+                                        jnp.finfo(jnp.float32).min)
     return state
 
-  def _decode_step(self, query, key, value):
+  def step(self, module, state, query_Bx1xHxD, key_Bx1xGxD, value_Bx1xGxD):
     """Adds this step's key to the running sums, then attends with them."""
-    is_initialized = self.has_variable('cache', 'state')
-    batch, length, heads, _ = key.shape
-    phi_q = self.query_features(query)
+    query = query_Bx1xHxD.astype(jnp.float32)
+    key, value = self._heads((key_Bx1xGxD, value_Bx1xGxD), query.shape[2])
     # A decoded row is one sentence; a single step's key is its own segment.
-    one_segment_BxL = jnp.ones((batch, length), jnp.int32)
-    phi_k, log_factor_BxLxH = self.key_features(key, one_segment_BxL)
-    state = self.variable(
-        'cache', 'state', jnp.zeros,
-        (batch, heads, phi_k.shape[-1], value.shape[-1] + 1), jnp.float32,
-    )
-    if log_factor_BxLxH is not None:
-      key_log_scale = self.variable(
-          'cache', 'key_log_scale', jnp.full, (batch, heads),
-          jnp.finfo(jnp.float32).min,
-      )
-    if not is_initialized:
-      # The creating call sees the full decode length; its output is unused.
-      return kernel_attention(
-          phi_q, phi_k, value, one_segment_BxL, one_segment_BxL, causal=True,
-          chunk_size=self.cfg.chunk_size,
-      )
-    if length != 1:
-      raise ValueError(
-          f'Incremental decoding consumes one token per call, got {length}.'
-      )
-    step_BxHxMxF = jnp.einsum(
-        'bhm,bhf->bhmf', phi_k[:, 0], with_ones(value)[:, 0]
-    )
-    if log_factor_BxLxH is None:
-      state.value = state.value + step_BxHxMxF
+    phi_k, log_factor_Bx1xH = self.key_features(
+        module, key, jnp.ones(key.shape[:2], jnp.int32))
+    step_BxHxMxF = jnp.einsum('bhm,bhf->bhmf', phi_k[:, 0],
+                              with_ones(value)[:, 0])
+    state = dict(state)
+    if log_factor_Bx1xH is None:
+      state['sums'] = state['sums'] + step_BxHxMxF
     else:
       # Both terms are re-expressed relative to the larger log factor, so
       # the sums keep their ratio and never overflow.
-      new_scale_BxH = jnp.maximum(key_log_scale.value, log_factor_BxLxH[:, 0])
-      old_weight = jnp.exp(key_log_scale.value - new_scale_BxH)
-      step_weight = jnp.exp(log_factor_BxLxH[:, 0] - new_scale_BxH)
-      state.value = (state.value * old_weight[..., None, None]
-                     + step_BxHxMxF * step_weight[..., None, None])
-      key_log_scale.value = new_scale_BxH
-    return normalise(jnp.einsum('bqhm,bhmf->bqhf', phi_q, state.value))
+      old_scale = state['key_log_scale']
+      new_scale_BxH = jnp.maximum(old_scale, log_factor_Bx1xH[:, 0])
+      old_weight = jnp.exp(old_scale - new_scale_BxH)
+      step_weight = jnp.exp(log_factor_Bx1xH[:, 0] - new_scale_BxH)
+      state['sums'] = (state['sums'] * old_weight[..., None, None]
+                       + step_BxHxMxF * step_weight[..., None, None])
+      state['key_log_scale'] = new_scale_BxH
+    return self.read(module, state, query), state
+
+  def summarise(self, module, key_BxKxGxD, value_BxKxGxD, kv_segment_ids_BxK,
+                num_heads):
+    key, value = self._heads((key_BxKxGxD, value_BxKxGxD), num_heads)
+    real_BxK = kv_segment_ids_BxK != 0
+    phi_k, _ = self.key_features(module, key, real_BxK.astype(jnp.int32))
+    phi_k = jnp.where(real_BxK[:, :, None, None], phi_k, 0.0)
+    return {'sums': jnp.einsum('bkhm,bkhf->bhmf', phi_k, with_ones(value))}
+
+  def read(self, module, summary, query_BxQxHxD):
+    phi_q = self.query_features(module, query_BxQxHxD.astype(jnp.float32))
+    return normalise(jnp.einsum('bqhm,bhmf->bqhf', phi_q, summary['sums']))

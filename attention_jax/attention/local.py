@@ -1,23 +1,40 @@
 """Sliding-window (local) self-attention.
 
-Each query sees only the keys within `cfg.window_size` positions of itself:
+Each query sees only the keys within `window_size` positions of itself:
 |i - j| < window in the encoder, 0 <= i - j < window in the decoder (the
 window of Longformer, Beltagy et al., 2020, and Mistral). Positions are the
-ones the base passes, counted within each packed segment, so the window
+ones the frame passes, counted within each packed segment, so the window
 never reaches into another sentence. Cross-attention compares two different
 sequences, where a window has no meaning, and stays full softmax attention.
 
 Training visits only the key chunks that overlap the band, so time and
-memory grow as length x window. Decoding keeps the baseline's full key/value
-cache (beam search and the cache layout stay the same as for `dot_product`)
-and masks it to the window; a ring buffer of `window` slots would save cache
-memory for decodes much longer than the window, which translation's
+memory grow as length x window. Decoding keeps the frame's full key/value
+cache and masks it to the window; a ring buffer of `window` slots would save
+cache memory for decodes much longer than the window, which translation's
 sentence-length decodes are not.
 """
 
+import dataclasses
+import functools
+
+from attention_jax.attention import chunked
 from attention_jax.attention import registry
-from attention_jax.attention.chunked import ChunkedAttention
-from attention_jax.attention.chunked import TokenMask
+from attention_jax.attention import softmax
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalOptions:
+  # Keys closer than this many positions to the query are visible.
+  window_size: int = 64
+  # Longest block of the blockwise computation (blocks are at most as long
+  # as the window); any value computes the same attention.
+  chunk_size: int = 512
+
+  def __post_init__(self):
+    if self.window_size < 1:
+      raise ValueError(f'window_size={self.window_size} must be at least 1.')
+    if self.chunk_size < 1:
+      raise ValueError(f'chunk_size={self.chunk_size} must be at least 1.')
 
 
 def window_mask(q_positions_BxQ, kv_positions_BxK, window: int, causal: bool):
@@ -31,24 +48,32 @@ def window_mask(q_positions_BxQ, kv_positions_BxK, window: int, causal: bool):
 
 
 @registry.register('local')
-class LocalAttention(ChunkedAttention):
-  """Softmax self-attention restricted to a window of `cfg.window_size`."""
+class Local(softmax.Softmax):
+  """Softmax self-attention restricted to a window of `window_size`."""
 
-  def _extra_mask(self, q_positions_BxQ, kv_positions_BxK):
-    return window_mask(
-        q_positions_BxQ, kv_positions_BxK, self.cfg.window_size, self.causal
+  Options = LocalOptions
+  RESUMABLE_FIELDS = ('chunk_size',)
+  TEST_OPTIONS = {'window_size': 3, 'chunk_size': 2}
+
+  def _restrict(self, inputs):
+    if not inputs.self_attention:
+      return inputs.mask
+    return inputs.mask.restrict(functools.partial(
+        window_mask, window=self.options.window_size, causal=inputs.causal))
+
+  def attend(self, module, inputs):
+    window = self.options.window_size
+    index_band = None
+    if inputs.self_attention and not inputs.decoding:
+      # In training self-attention queries and keys are one sequence whose
+      # positions advance by one per token within a segment, so a window of
+      # positions is also a band of indices.
+      index_band = (window - 1, 0 if inputs.causal else window - 1)
+    return chunked.attend_in_blocks(
+        module, inputs, min(self.options.chunk_size, window),
+        self._restrict(inputs), index_band,
     )
 
-  def _block_size(self) -> int:
-    # Blocks about as long as the window waste little work on masked keys.
-    return min(self.cfg.chunk_size, self.cfg.window_size)
-
-  def _index_band(self, mask):
-    # In training self-attention the queries and keys are one sequence whose
-    # positions advance by one per token within a segment, so a window of
-    # positions is also a band of indices. Decoding and cross-attention get
-    # a full array mask and visit all key chunks.
-    if not isinstance(mask, TokenMask):
-      return None
-    reach = self.cfg.window_size - 1
-    return (reach, 0 if self.causal else reach)
+  def reference(self, params, inputs, path=()):
+    return super().reference(
+        params, dataclasses.replace(inputs, mask=self._restrict(inputs)), path)

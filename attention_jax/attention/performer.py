@@ -7,7 +7,7 @@ With x = q / d^(1/4) (keys alike) and m random vectors w_r,
   E[phi(q).phi(k)] = exp(q.k / sqrt(d)),
 
 so the attention approximates softmax attention, and the approximation
-tightens as m = cfg.num_random_features grows. The w_r are orthogonal random
+tightens as m = num_random_features grows. The w_r are orthogonal random
 features: Gaussian d x d blocks made orthogonal, stacked to m rows, each row
 rescaled to a chi(d)-distributed length as a Gaussian vector would have.
 
@@ -25,9 +25,10 @@ per query, its maximum over the features; for keys, the maximum over all
 features and keys of the key's segment (one factor for every key a query
 sees). Shifts are constants for differentiation. In decoding, keys arrive
 one at a time, so the running sums are kept relative to the largest shift
-seen so far (see `LinearAttention`).
+seen so far (see `linear.Linear`).
 """
 
+import dataclasses
 import zlib
 
 import jax
@@ -106,23 +107,68 @@ def favor_key_features(key_BxLxHxD, projection_MxD, segment_ids_BxL):
   return features / jnp.sqrt(projection_MxD.shape[0]), shift_BxLxH
 
 
+@dataclasses.dataclass(frozen=True)
+class PerformerOptions:
+  # Random features m; the softmax estimate tightens as m grows.
+  num_random_features: int = 256
+  # Positions per chunk of the running sums (see linear.py).
+  chunk_size: int = 512
+
+  def __post_init__(self):
+    if self.num_random_features < 1:
+      raise ValueError(
+          f'num_random_features={self.num_random_features} must be at least '
+          '1.')
+    if self.chunk_size < 1:
+      raise ValueError(f'chunk_size={self.chunk_size} must be at least 1.')
+
+
+def layer_projection(path, num_features: int, head_dim: int):
+  """The fixed random features of the layer at module `path`."""
+  # crc32, unlike hash(), is the same in every process and run.
+  seed = zlib.crc32('/'.join(path).encode())
+  return orthogonal_random_features(seed, num_features, head_dim)
+
+
 @registry.register('performer')
-class PerformerAttention(linear.LinearAttention):
+class Performer(linear.Linear):
   """FAVOR+ attention: linear attention with positive orthogonal features.
 
-  Decoding state as `LinearAttention` with M = num_random_features, plus
+  Decoding state as `linear.Linear` with M = num_random_features, plus
   'key_log_scale' [B, H] in self-attention.
   """
 
-  def _projection(self):
-    # crc32, unlike hash(), is the same in every process and run.
-    seed = zlib.crc32('/'.join(self.path).encode())
-    return orthogonal_random_features(
-        seed, self.cfg.num_random_features, self.cfg.head_dim
-    )
+  Options = PerformerOptions
+  TEST_OPTIONS = {'num_random_features': 16, 'chunk_size': 3}
+  scaled_key_features = True
 
-  def query_features(self, query_BxLxHxD):
-    return favor_query_features(query_BxLxHxD, self._projection())
+  def num_features(self, head_dim):
+    return self.options.num_random_features
 
-  def key_features(self, key_BxLxHxD, segment_ids_BxL):
-    return favor_key_features(key_BxLxHxD, self._projection(), segment_ids_BxL)
+  def _projection(self, module, head_dim):
+    return layer_projection(module.path, self.options.num_random_features,
+                            head_dim)
+
+  def query_features(self, module, query_BxLxHxD):
+    return favor_query_features(
+        query_BxLxHxD, self._projection(module, query_BxLxHxD.shape[-1]))
+
+  def key_features(self, module, key_BxLxHxD, segment_ids_BxL):
+    return favor_key_features(
+        key_BxLxHxD, self._projection(module, key_BxLxHxD.shape[-1]),
+        segment_ids_BxL)
+
+  def reference_features(self, query, key, path):
+    # phi(x) = exp(w^T x - |x|^2 / 2) / sqrt(m), x = q / d^(1/4) (eq. 7 of
+    # Choromanski et al. with h(x) = exp(-|x|^2 / 2)).
+    projection = layer_projection(path, self.options.num_random_features,
+                                  query.shape[-1])
+
+    def phi(x):
+      x = x / x.shape[-1] ** 0.25
+      return jnp.exp(x @ projection.T - 0.5 * jnp.sum(x * x, -1,
+                                                      keepdims=True)) / (
+                                                          jnp.sqrt(len(
+                                                              projection)))
+
+    return phi(query), phi(key)

@@ -1,39 +1,185 @@
-"""Position schemes, and those that act inside self-attention.
+"""Position schemes, chosen by name from a registry like the mechanisms.
 
-`cfg.position_scheme` picks one scheme for the whole model:
-  'sinusoidal', 'learned': absolute encodings added to the token embeddings
-    by the Transformer; attention never sees them directly.
-  'rope': rotary embeddings (Su et al., 2021) rotate queries and keys by
-    their positions, so a query-key dot product depends on the offset only.
-  'alibi': a per-head linear penalty on the query-key distance (Press et al.,
-    2022).
-  'relative_bias': a learned per-head bias for bucketed query-key offsets
-    (Raffel et al., 2020, T5).
-The last three act inside self-attention only; cross-attention compares two
-different sequences whose positions are not comparable.
+`config.model.position_scheme` picks one scheme for the whole model; its
+options live under `config.model.position_options.<name>`. Where a scheme
+acts decides what it needs from the attention mechanism:
+  'embedding': added to the token embeddings by the Transformer
+    ('sinusoidal', Vaswani et al., 2017; 'learned'); attention never sees
+    it, so every mechanism honours it.
+  'rotation': rotates queries and keys by their positions inside
+    self-attention ('rope', Su et al., 2021); the mechanism must declare it
+    in `Capabilities.position_schemes`.
+  'score_bias': adds a bias to the query-key scores of self-attention
+    ('alibi', Press et al., 2022; 'relative_bias', Raffel et al., 2020);
+    the mechanism must declare it and take a score bias.
+In-attention schemes act in self-attention only: cross-attention compares two
+sequences whose positions are not comparable.
 """
+
+import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from attention_jax.model import partitioning as part
+from attention_jax import partitioning as part
+from attention_jax.attention import base
+from attention_jax.attention import registry
 
-EMBEDDING_SCHEMES = ('sinusoidal', 'learned')
-ATTENTION_SCHEMES = ('rope', 'alibi', 'relative_bias')
-# Schemes that add a bias to the query-key scores; only mechanisms that
-# form scores can honour them.
-SCORE_BIAS_SCHEMES = ('alibi', 'relative_bias')
+SCHEMES = registry.Registry('position scheme', 'config.model.position_options')
+EMBEDDING, ROTATION, SCORE_BIAS = 'embedding', 'rotation', 'score_bias'
 
 
-def check_scheme(scheme: str) -> None:
-  """Raises ValueError naming the valid choices for an unknown scheme."""
-  valid = EMBEDDING_SCHEMES + ATTENTION_SCHEMES
-  if scheme not in valid:
-    raise ValueError(
-        f'Unknown position_scheme {scheme!r}; valid choices are: '
-        f'{", ".join(valid)}.'
+class PositionScheme:
+  """Base of every position scheme; subclasses override where they act."""
+
+  Options: ClassVar[type] = base.NoOptions
+  acts_in: ClassVar[str] = EMBEDDING
+
+  def __init__(self, options=None):
+    self.options = self.Options() if options is None else options
+
+  def check(self, head_dim: int) -> None:
+    """Raises ValueError when the model's shape cannot take this scheme."""
+    del head_dim
+
+  def embedding(self, emb_dim: int, max_len: int, dtype) -> nn.Module | None:
+    """A module mapping positions [B, L] to [B, L, emb_dim]; None: none."""
+    del emb_dim, max_len, dtype
+    return None
+
+  def rotate(self, x_BxLxHxD, positions_BxL):
+    """Queries or keys with their positions applied (identity by default)."""
+    del positions_BxL
+    return x_BxLxHxD
+
+  def score_bias(self, q_positions_BxQ, kv_positions_BxK, num_heads: int,
+                 causal: bool):
+    """A float32 score bias [B, H, Q, K], or None.
+
+    Called inside the attention frame's scope, so it may create parameters.
+    """
+    del q_positions_BxQ, kv_positions_BxK, num_heads, causal
+    return None
+
+
+def sinusoidal_embedding(positions_BxL, dim: int):
+  """Sine/cosine position encodings for integer positions, [B, L, dim]."""
+  half = dim // 2
+  inv_freq = np.exp(-np.log(10_000.0) * np.arange(half) / half)
+  angles_BxLxH = positions_BxL[..., None].astype(jnp.float32) * inv_freq[
+      None, None]
+  enc = jnp.concatenate([jnp.sin(angles_BxLxH), jnp.cos(angles_BxLxH)], -1)
+  return jnp.pad(enc, [(0, 0), (0, 0), (0, dim - 2 * half)])
+
+
+class SinusoidalEmbedding(nn.Module):
+  """Fixed sine/cosine encodings (no parameters), float32."""
+
+  dim: int
+
+  def __call__(self, positions_BxL):
+    return sinusoidal_embedding(positions_BxL, self.dim)
+
+
+@SCHEMES.register('sinusoidal')
+class Sinusoidal(PositionScheme):
+  """Vaswani et al. (2017): fixed encodings added to the embeddings."""
+
+  def embedding(self, emb_dim, max_len, dtype):
+    del max_len, dtype
+    return SinusoidalEmbedding(emb_dim)
+
+
+@SCHEMES.register('learned')
+class Learned(PositionScheme):
+  """One learned embedding per position up to the model's max_len."""
+
+  def embedding(self, emb_dim, max_len, dtype):
+    return nn.Embed(
+        max_len,
+        emb_dim,
+        dtype=dtype,
+        embedding_init=part.init(
+            nn.initializers.normal(stddev=0.02), part.TABLE, part.EMBED
+        ),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeOptions:
+  # Wavelength scale of the rotation frequencies (Su et al. use 10,000).
+  base: float = 10_000.0
+
+  def __post_init__(self):
+    if self.base <= 1:
+      raise ValueError(f'base={self.base} must be greater than 1.')
+
+
+@SCHEMES.register('rope')
+class Rope(PositionScheme):
+  """Rotary embeddings: a query-key dot product sees only their offset."""
+
+  Options = RopeOptions
+  acts_in = ROTATION
+
+  def check(self, head_dim):
+    if head_dim % 2:
+      raise ValueError(
+          "position_scheme='rope' rotates channel pairs, but the head "
+          f'dimension qkv_dim/num_heads={head_dim} is odd; choose qkv_dim and '
+          'num_heads giving an even head dimension.'
+      )
+
+  def rotate(self, x_BxLxHxD, positions_BxL):
+    return rotate(x_BxLxHxD, positions_BxL, self.options.base)
+
+
+@SCHEMES.register('alibi')
+class Alibi(PositionScheme):
+  """A per-head linear penalty on the query-key distance."""
+
+  acts_in = SCORE_BIAS
+
+  def score_bias(self, q_positions_BxQ, kv_positions_BxK, num_heads, causal):
+    del causal
+    return alibi_bias(q_positions_BxQ, kv_positions_BxK, num_heads)
+
+
+@dataclasses.dataclass(frozen=True)
+class RelativeBiasOptions:
+  # T5-style buckets of query-key offsets: half exact, half logarithmic.
+  num_buckets: int = 32
+  # Offsets at or beyond this share the farthest bucket.
+  max_distance: int = 128
+
+  def __post_init__(self):
+    if self.num_buckets < 2:
+      raise ValueError(f'num_buckets={self.num_buckets} must be at least 2.')
+    if self.max_distance <= self.num_buckets // 2:
+      raise ValueError(
+          f'max_distance={self.max_distance} must exceed half of '
+          f'num_buckets={self.num_buckets}, or the logarithmic buckets are '
+          'empty.'
+      )
+
+
+@SCHEMES.register('relative_bias')
+class RelativeBias(PositionScheme):
+  """A learned per-head bias for bucketed offsets, per self-attention layer."""
+
+  Options = RelativeBiasOptions
+  acts_in = SCORE_BIAS
+
+  def score_bias(self, q_positions_BxQ, kv_positions_BxK, num_heads, causal):
+    return RelativePositionBias(
+        num_heads=num_heads,
+        num_buckets=self.options.num_buckets,
+        max_distance=self.options.max_distance,
+        bidirectional=not causal,
+        name='relative_bias',
+    )(q_positions_BxQ, kv_positions_BxK)
 
 
 def rotate(x_BxLxHxD, positions_BxL, base: float = 10_000.0):
@@ -57,7 +203,8 @@ def rotate(x_BxLxHxD, positions_BxL, base: float = 10_000.0):
   half = depth // 2
   inv_freq = base ** (-np.arange(half) / half)
   angles_BxLx1xF = (
-      positions_BxL[:, :, None, None].astype(jnp.float32) * inv_freq
+      positions_BxL[:, :, None, None].astype(jnp.float32)
+      * inv_freq[None, None, None]
   )
   sin, cos = jnp.sin(angles_BxLx1xF), jnp.cos(angles_BxLx1xF)
   x = x_BxLxHxD.astype(jnp.float32)

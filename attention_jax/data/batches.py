@@ -31,7 +31,7 @@ class PackedTrainStream:
       max_len: tokens per packed row.
       seed: fixes the order of every epoch.
       rows: the rows of each global batch this process feeds (see
-        `attention_jax.train.sharding.process_rows`).
+        `attention_jax.sharding.process_rows`).
     """
     self._pairs = pairs
     self._batch_size = batch_size

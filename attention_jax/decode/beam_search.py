@@ -4,7 +4,9 @@ Beams are flattened into the batch dimension batch-major: row
 `b * beam_size + k` of every per-beam array (decoder inputs, logits, cache
 leaves) is beam `k` of batch element `b`. Per batch element the search keeps
 `beam_size` alive hypotheses (raw log-probability sums) and `beam_size`
-finished ones (ranked with the GNMT length penalty).
+finished ones (ranked with the GNMT length penalty). The padding id and the bos
+id are never emitted: they are not words, and a hypothesis made of them would
+detokenise to an empty string.
 """
 
 import functools
@@ -13,7 +15,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-# Fills the positions after EOS in returned sequences.
+# Fills the positions after EOS in returned sequences; never emitted.
 PAD_ID = 0
 
 Cache = Any
@@ -91,13 +93,17 @@ def _should_continue(state: _BeamState, *, alpha: float,
 
 
 def _step(state: _BeamState, *, tokens_to_logits: TokensToLogits,
-          alpha: float, eos_id: int) -> _BeamState:
+          alpha: float, eos_id: int, bos_id: int) -> _BeamState:
   """Extends every alive beam by one token and updates both beam sets."""
   batch_size, beam_size, _ = state.alive_seqs_BxKxT.shape
   last_tokens_N = state.alive_seqs_BxKxT[:, :, state.step].reshape(-1)
   logits_NxV, cache = tokens_to_logits(last_tokens_N, state.cache)
   vocab_size = logits_NxV.shape[-1]
-  logp_BxKxV = jax.nn.log_softmax(logits_NxV.astype(jnp.float32)).reshape(
+  # Masked before the softmax: scores are log-probabilities over the tokens
+  # that can be emitted.
+  logits_NxV = logits_NxV.astype(jnp.float32).at[:, PAD_ID].set(-jnp.inf)
+  logits_NxV = logits_NxV.at[:, bos_id].set(-jnp.inf)
+  logp_BxKxV = jax.nn.log_softmax(logits_NxV).reshape(
       batch_size, beam_size, vocab_size)
   cand_logp_BxKV = (state.alive_logp_BxK[:, :, None] + logp_BxKxV).reshape(
       batch_size, beam_size * vocab_size)
@@ -159,27 +165,54 @@ def beam_search(tokens_to_logits: TokensToLogits,
       exact.
     max_decode_len: T, the most tokens generated per hypothesis, EOS included.
     eos_id: token that ends a hypothesis.
-    bos_id: token fed to the decoder at step 0.
+    bos_id: token fed to the decoder at step 0. Neither it nor `PAD_ID` is
+      ever emitted: their logits are masked at every step.
 
   Returns:
-    `(sequences_BxKxT, scores_BxK)`, best first. Sequences exclude bos, keep
-    their EOS and are padded with `PAD_ID` after it. Scores of finished
-    hypotheses are log-probability sums divided by `length_penalty`. A row
-    where no hypothesis reached EOS returns its alive beams (T tokens, no EOS)
-    with raw log-probability sums instead.
+    `(sequences_BxKxT, scores_BxK)`: K hypotheses per row. The finished ones
+    (ending in EOS) come first, best first; where fewer than K finished, the
+    best alive beams (T tokens, no EOS) fill the remaining slots. Sequences
+    exclude bos and are padded with `PAD_ID` after EOS. Every score is the
+    hypothesis' log-probability sum divided by `length_penalty` of its length
+    (EOS included). A slot scores -inf only where the search found fewer than
+    K hypotheses of non-zero probability (a vocabulary of a few tokens, or a
+    model that gives most tokens zero probability).
   """
   if alpha < 0:
     raise ValueError(f'alpha must be >= 0 for early stopping, got {alpha}.')
+  if eos_id in (PAD_ID, bos_id):
+    raise ValueError(
+        f'eos_id {eos_id} must differ from the padding id {PAD_ID} and '
+        f'bos_id {bos_id}, which are never emitted.'
+    )
   final = jax.lax.while_loop(
       functools.partial(_should_continue, alpha=alpha,
                         max_decode_len=max_decode_len),
       functools.partial(_step, tokens_to_logits=tokens_to_logits, alpha=alpha,
-                        eos_id=eos_id),
+                        eos_id=eos_id, bos_id=bos_id),
       _init_state(init_cache, batch_size, beam_size, max_decode_len, bos_id))
+  return _n_best(final, alpha)
 
-  has_finished_B = jnp.isfinite(final.finished_scores_BxK[:, 0])
-  seqs_BxKxT = jnp.where(has_finished_B[:, None, None],
-                         final.finished_seqs_BxKxT, final.alive_seqs_BxKxT)
-  scores_BxK = jnp.where(has_finished_B[:, None], final.finished_scores_BxK,
-                         final.alive_logp_BxK)
+
+def _n_best(final: _BeamState,
+            alpha: float) -> tuple[jax.Array, jax.Array]:
+  """Finished hypotheses first, then alive beams in the slots left over."""
+  beam_size = final.finished_scores_BxK.shape[1]
+  # A row with fewer than K finished keeps the search going while it has a
+  # live beam, so alive beams that fill in all have `final.step` tokens.
+  pool_seqs_Bx2KxT = jnp.concatenate(
+      [final.finished_seqs_BxKxT, final.alive_seqs_BxKxT], axis=1)
+  pool_scores_Bx2K = jnp.concatenate(
+      [final.finished_scores_BxK,
+       final.alive_logp_BxK / length_penalty(final.step, alpha)],
+      axis=1)
+  num_finished_Bx1 = jnp.sum(
+      jnp.isfinite(final.finished_scores_BxK), axis=1, keepdims=True)
+  slot_1xK = jnp.arange(beam_size)[None]
+  # Finished slots are sorted with the empty (-inf) ones last, alive beams
+  # best first, so slot j takes finished j or the (j - finished)-th alive.
+  pick_BxK = jnp.where(slot_1xK < num_finished_Bx1, slot_1xK,
+                       beam_size + slot_1xK - num_finished_Bx1)
+  seqs_BxKxT = _gather_beams(pool_seqs_Bx2KxT, pick_BxK)
+  scores_BxK = jnp.take_along_axis(pool_scores_Bx2K, pick_BxK, axis=1)
   return seqs_BxKxT[:, :, 1:], scores_BxK

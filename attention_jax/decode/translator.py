@@ -5,15 +5,16 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
+import ml_collections
 import numpy as np
 import sentencepiece as spm
 
+from attention_jax import sharding
 from attention_jax.data import batches
 from attention_jax.data import tokenizer
 from attention_jax.decode import beam_search
 from attention_jax.model.config import TransformerConfig
 from attention_jax.model.transformer import Transformer
-from attention_jax.train import sharding
 
 
 def predict(
@@ -100,3 +101,16 @@ class Translator:
       for row, index in enumerate(indices):
         outputs[index] = ids_to_text(sp, best[row])
     return outputs
+
+
+def translator_for(config: ml_collections.ConfigDict, cfg: TransformerConfig,
+                   mesh: Mesh) -> Translator:
+  """The translator of an experiment config's `eval` settings."""
+  return Translator(
+      cfg,
+      mesh,
+      beam_size=config.eval.beam_size,
+      alpha=config.eval.length_penalty,
+      max_decode_len=config.eval.max_decode_len,
+      batch_size=config.eval.decode_batch_size,
+  )

@@ -5,10 +5,16 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from attention_jax.attention import frame
+
+PLACES = ('encoder_self_attention', 'decoder_self_attention',
+          'cross_attention')
+
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-  """Everything a Transformer layer or attention module needs to know.
+  """Everything a Transformer needs to know; what only one attention
+  mechanism needs travels in that mechanism's options.
 
   Evaluation and decoding variants are made with
   `cfg.replace(deterministic=True, decode=True)`.
@@ -22,7 +28,7 @@ class TransformerConfig:
   # Total width of queries/keys/values over all heads.
   qkv_dim: int = 512
   mlp_dim: int = 2048
-  # Longest sequence the sinusoidal table and decoding cache must cover.
+  # Longest sequence the position tables and decoding cache must cover.
   max_len: int = 256
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
@@ -31,28 +37,23 @@ class TransformerConfig:
   pre_layer_norm: bool = True
   # Registry name of the attention mechanism used everywhere, unless a
   # place-specific override below is set.
-  attention: str = 'dot_product'
+  attention: str = 'softmax'
   encoder_self_attention: str | None = None
   decoder_self_attention: str | None = None
   cross_attention: str | None = None
+  # (name, options) of the mechanisms in use; a mechanism not listed runs
+  # with its default options.
+  attention_options: tuple[tuple[str, Any], ...] = ()
   # Key/value heads for grouped-query attention; 0 means num_heads (plain
   # multi-head), 1 is multi-query.
   num_kv_heads: int = 0
-  # Keys within this distance of the query, for local attention.
-  window_size: int = 64
-  # Random features of Performer FAVOR+.
-  num_random_features: int = 256
-  # Block length of chunked exact attention and of the running sums of
-  # kernelised (linear, Performer) attention.
-  chunk_size: int = 512
-  # 'sinusoidal' or 'learned' add to the embeddings; 'rope', 'alibi' and
-  # 'relative_bias' act inside self-attention.
+  # Registry name of the position scheme (attention/positions.py), and its
+  # options (None: the defaults).
   position_scheme: str = 'sinusoidal'
-  # T5-style relative position buckets.
-  relative_num_buckets: int = 32
-  relative_max_distance: int = 128
-  # Kernel for softmax attention: 'auto', 'xla', 'cudnn' (GPU) or 'pallas'
-  # (TPU); unsupported choices fall back to 'xla' with one log line.
+  position_options: Any = None
+  # Fused kernel for mechanisms that have one: 'auto', 'xla', 'cudnn' (GPU)
+  # or 'pallas' (TPU); unsupported choices fall back to 'xla' with one log
+  # line.
   implementation: str = 'auto'
   dtype: Any = jnp.float32
   deterministic: bool = False
@@ -65,6 +66,25 @@ class TransformerConfig:
     """Mechanism name for 'encoder_self_attention', 'decoder_self_attention'
     or 'cross_attention'."""
     return getattr(self, place) or self.attention
+
+  def attention_config(self, place: str) -> frame.AttentionConfig:
+    """The attention layer's hyper-parameters at `place` (see PLACES)."""
+    mechanism = self.attention_for(place)
+    return frame.AttentionConfig(
+        mechanism=mechanism,
+        options=dict(self.attention_options).get(mechanism),
+        num_heads=self.num_heads,
+        head_dim=self.head_dim,
+        num_kv_heads=self.num_kv_heads,
+        position_scheme=self.position_scheme,
+        position_options=self.position_options,
+        dropout_rate=self.attention_dropout_rate,
+        implementation=self.implementation,
+        dtype=self.dtype,
+        deterministic=self.deterministic,
+        # The encoder runs once over the whole source, also in decoding.
+        decode=self.decode and place != 'encoder_self_attention',
+    )
 
   @property
   def head_dim(self) -> int:

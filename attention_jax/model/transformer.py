@@ -1,27 +1,17 @@
 """Transformer encoder-decoder for translation (Vaswani et al., 2017).
 
-The attention mechanism is looked up by `cfg.attention` in the registry; the
-layers here never depend on which one it is. Token id 0 is padding and also
+Every attention layer is the shared multi-head frame with the mechanism the
+config names for its place; the layers here never depend on which one it is. Token id 0 is padding and also
 serves as the beginning-of-sentence input of the decoder.
 """
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
-from attention_jax import attention
+from attention_jax import partitioning as part
 from attention_jax.attention import positions
-from attention_jax.model import partitioning as part
+from attention_jax.attention.frame import MultiHeadAttention
 from attention_jax.model.config import TransformerConfig
-
-
-def sinusoidal_embedding(positions_BxL, dim: int):
-  """Sine/cosine position encodings for integer positions, [B, L, dim]."""
-  half = dim // 2
-  inv_freq = np.exp(-np.log(10_000.0) * np.arange(half) / half)
-  angles_BxLxH = positions_BxL[..., None].astype(jnp.float32) * inv_freq
-  enc = jnp.concatenate([jnp.sin(angles_BxLxH), jnp.cos(angles_BxLxH)], -1)
-  return jnp.pad(enc, [(0, 0), (0, 0), (0, dim - 2 * half)])
 
 
 def shift_right(targets_BxL, segment_ids_BxL=None):
@@ -90,8 +80,9 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x, segment_ids, positions):
     cfg = self.cfg
-    self_attention = attention.get(cfg.attention_for('encoder_self_attention'))(
-        cfg=cfg.replace(decode=False), name='self_attention'
+    self_attention = MultiHeadAttention(
+        cfg.attention_config('encoder_self_attention'), causal=False,
+        self_attention=True, name='self_attention',
     )
     x = Residual(cfg, name='attention_block')(
         lambda h: self_attention(
@@ -109,11 +100,13 @@ class DecoderLayer(nn.Module):
   def __call__(self, y, encoded, target_segment_ids, source_segment_ids,
                target_positions, source_positions):
     cfg = self.cfg
-    self_attention = attention.get(cfg.attention_for('decoder_self_attention'))(
-        cfg=cfg, causal=True, name='self_attention'
+    self_attention = MultiHeadAttention(
+        cfg.attention_config('decoder_self_attention'), causal=True,
+        self_attention=True, name='self_attention',
     )
-    cross_attention = attention.get(cfg.attention_for('cross_attention'))(
-        cfg=cfg, name='cross_attention'
+    cross_attention = MultiHeadAttention(
+        cfg.attention_config('cross_attention'), causal=False,
+        self_attention=False, name='cross_attention',
     )
     y = Residual(cfg, name='self_attention_block')(
         lambda h: self_attention(
@@ -164,16 +157,10 @@ class Transformer(nn.Module):
             part.EMBED,
         ),
     )
-    positions.check_scheme(cfg.position_scheme)
-    if cfg.position_scheme == 'learned':
-      self.position_embed = nn.Embed(
-          cfg.max_len,
-          cfg.emb_dim,
-          dtype=cfg.dtype,
-          embedding_init=part.init(
-            nn.initializers.normal(stddev=0.02), part.TABLE, part.EMBED
-        ),
-      )
+    scheme = positions.SCHEMES.get(cfg.position_scheme)(cfg.position_options)
+    # None for schemes that act inside attention instead.
+    self.position_embed = scheme.embedding(cfg.emb_dim, cfg.max_len,
+                                           cfg.dtype)
     self.encoder_layers = [
         EncoderLayer(cfg, name=f'encoder_{i}')
         for i in range(cfg.num_encoder_layers)
@@ -193,11 +180,8 @@ class Transformer(nn.Module):
     x = self.embed(tokens_BxL) * jnp.sqrt(self.cfg.emb_dim).astype(
         self.cfg.dtype
     )
-    # Schemes other than these two act inside self-attention instead.
-    if self.cfg.position_scheme == 'sinusoidal':
-      x += sinusoidal_embedding(positions_BxL, self.cfg.emb_dim).astype(x.dtype)
-    elif self.cfg.position_scheme == 'learned':
-      x += self.position_embed(positions_BxL)
+    if self.position_embed is not None:
+      x += self.position_embed(positions_BxL).astype(x.dtype)
     return dropout(x, deterministic=self.cfg.deterministic)
 
   def encode(self, inputs, inputs_segmentation=None, inputs_position=None):

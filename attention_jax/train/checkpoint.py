@@ -66,19 +66,36 @@ class Checkpointer:
       self, step: int, abstract_state: Any, shardings: Any
   ) -> tuple[Any, dict]:
     """Restores `step` into the given shapes and shardings."""
-    target = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        abstract_state,
-        shardings,
-    )
     restored = self._manager.restore(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target),
+            state=ocp.args.StandardRestore(_target(abstract_state, shardings)),
             data=ocp.args.JsonRestore(),
         ),
     )
     return restored['state'], restored['data']
+
+  def restore_params(
+      self, step: int, abstract_params: Any, shardings: Any
+  ) -> Any:
+    """Restores only the parameters of `step`'s training state.
+
+    Inference needs neither the optimizer state, whose structure only the
+    optimizer knows, nor the data stream position: neither is read.
+    """
+    target = {'params': _target(abstract_params, shardings)}
+    # A reader of its own: the manager's handler for 'state' is fixed by
+    # the first save or restore, and a partial restore needs another one.
+    with ocp.PyTreeCheckpointer() as reader:
+      restored = reader.restore(
+          os.path.join(self.path(step), 'state'),
+          args=ocp.args.PyTreeRestore(
+              target,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+              partial_restore=True,
+          ),
+      )
+    return restored['params']
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -88,3 +105,12 @@ class Checkpointer:
 
   def path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
+
+
+def _target(abstract: Any, shardings: Any) -> Any:
+  """Shapes and dtypes of `abstract`, placed with `shardings`."""
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract,
+      shardings,
+  )

@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import sentencepiece as spm
 
+from attention_jax import sharding
 from attention_jax.decode import bleu
 from attention_jax.decode.translator import Translator
-from attention_jax.train import sharding
 
 
 def eval_loss(

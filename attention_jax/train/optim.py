@@ -20,6 +20,15 @@ def rsqrt_schedule(peak: float, warmup_steps: int) -> optax.Schedule:
   return schedule
 
 
+def applied_learning_rate(schedule: optax.Schedule, step: int) -> float:
+  """The learning rate that update number `step` (counted from 1) applied.
+
+  optax evaluates the schedule at its update count before incrementing it,
+  so the first update uses schedule(0) and update k uses schedule(k - 1).
+  """
+  return float(schedule(step - 1))
+
+
 def make_optimizer(
     config: ml_collections.ConfigDict,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:

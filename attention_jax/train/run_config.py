@@ -2,8 +2,9 @@
 
 A checkpoint fixes the fields that define what its parameters mean (the
 config.model fields, except those that only change how the same function is
-computed or only regularise training; the corpus, languages and vocabulary
-size) and where its data stream stands (data.max_len, the length of a packed
+computed or only regularise training; the options of the mechanisms and the
+position scheme in use, except those each mechanism declares resumable in
+its `RESUMABLE_FIELDS`; the corpus, languages and vocabulary size) and where its data stream stands (data.max_len, the length of a packed
 row, and batch_size); with learned position embeddings, eval.max_decode_len
 too. Resuming it under other values would load weights into another model,
 fail on shapes, or read on in a different data order.
@@ -25,11 +26,15 @@ from typing import Any
 
 import ml_collections
 
+from attention_jax import attention
+from attention_jax.model import from_config
+from attention_jax.model.config import PLACES
+
 _FIXED_OUTSIDE_MODEL = ('data.dataset', 'data.source', 'data.target',
                         'data.vocab_size', 'data.max_len', 'batch_size')
 # Model fields that only change how the same function is computed (numerics,
-# kernels, block sizes of exact attention), or only regularise training.
-_FREE_MODEL_FIELDS = ('dtype', 'implementation', 'chunk_size', 'dropout_rate',
+# fused kernels), or only regularise training.
+_FREE_MODEL_FIELDS = ('dtype', 'implementation', 'dropout_rate',
                       'attention_dropout_rate')
 
 
@@ -49,11 +54,24 @@ def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
 
 def _fixed_fields(flat: dict[str, Any]) -> list[str]:
   """Dotted names of the fields a checkpoint of this config depends on."""
-  fields = [
-      name for name in flat
-      if name.startswith('model.')
-      and name.split('.')[1] not in _FREE_MODEL_FIELDS
-  ]
+  in_use = {flat.get(f'model.{place}') or flat.get('model.attention')
+            for place in PLACES}
+  fields = []
+  for name in flat:
+    parts = name.split('.')
+    if parts[0] != 'model' or parts[1] in _FREE_MODEL_FIELDS:
+      continue
+    if parts[1] == 'options':
+      # Only the options of the mechanisms the checkpoint was trained with,
+      # less those that only change how they are computed.
+      mechanism, field = parts[2], parts[3]
+      if (mechanism not in in_use or field in
+          attention.MECHANISMS.get(mechanism).RESUMABLE_FIELDS):
+        continue
+    elif (parts[1] == 'position_options'
+          and parts[2] != flat.get('model.position_scheme')):
+      continue
+    fields.append(name)
   fields += _FIXED_OUTSIDE_MODEL
   if flat.get('model.position_scheme') == 'learned':
     # One learned embedding per position, up to the longer of data.max_len
@@ -75,7 +93,9 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   if not os.path.exists(_path(workdir)):
     return
   with open(_path(workdir)) as f:
-    old = _flatten(json.load(f))
+    old_config = json.load(f)
+  from_config.check_not_legacy(old_config.get('model', {}), _path(workdir))
+  old = _flatten(old_config)
   new = _flatten(json.loads(config.to_json_best_effort()))
   changes = [
       f'config.{name}: {old[name]!r} -> {new[name]!r}'

@@ -13,18 +13,20 @@ import ml_collections
 import numpy as np
 
 from attention_jax import distributed
+from attention_jax import sharding
 from attention_jax.data import batches
 from attention_jax.data import input_pipeline
-from attention_jax.decode.translator import Translator
+from attention_jax.decode.translator import translator_for
 from attention_jax.model import from_config
 from attention_jax.model.transformer import Transformer
+from attention_jax.train import config_check
 from attention_jax.train import evaluate
 from attention_jax.train import flops
 from attention_jax.train import optim
 from attention_jax.train import preemption
 from attention_jax.train import run_config
-from attention_jax.train import sharding
 from attention_jax.train import steps
+from attention_jax.train import train_state
 from attention_jax.train.checkpoint import Checkpointer
 from attention_jax.train.metrics_writer import MetricsWriter
 
@@ -51,17 +53,6 @@ def _check_finite(step: int, metrics, checkpointer: Checkpointer) -> dict:
   return metrics
 
 
-def translator_for(config, cfg, mesh) -> Translator:
-  return Translator(
-      cfg,
-      mesh,
-      beam_size=config.eval.beam_size,
-      alpha=config.eval.length_penalty,
-      max_decode_len=config.eval.max_decode_len,
-      batch_size=config.eval.decode_batch_size,
-  )
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str
 ) -> dict | None:
@@ -74,7 +65,7 @@ def train_and_evaluate(
     The results also written to `workdir/results.json`, or None when
     preempted before the end.
   """
-  from_config.check_config(config)
+  config_check.check_config(config)
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   checkpointer = Checkpointer(
@@ -92,7 +83,7 @@ def train_and_evaluate(
   eval_model = Transformer(cfg.replace(deterministic=True))
   tx, schedule = optim.make_optimizer(config)
   mesh = sharding.make_mesh(config.mesh)
-  state, state_shardings = sharding.create_train_state(
+  state, state_shardings = train_state.create(
       train_model, tx, config.seed, mesh, config.data.max_len,
       sharding.logical_rules(config.mesh),
   )
@@ -189,7 +180,8 @@ def train_and_evaluate(
             'train/nll': last['nll'],
             'train/accuracy': last['accuracy'],
             'train/grad_norm': last['grad_norm'],
-            'train/learning_rate': float(schedule(step)),
+            'train/learning_rate': optim.applied_learning_rate(
+                schedule, step),
             'train/target_tokens_per_sec': interval_tokens / elapsed,
             'train/seconds': train_seconds,
         }

@@ -1,4 +1,4 @@
-"""Every attention mechanism a decoder can use, against dot-product attention.
+"""Every attention mechanism a decoder can use, against softmax attention.
 
 Each variant replaces attention everywhere it can: encoder self-attention,
 causal decoder self-attention and cross-attention (local attention keeps full
@@ -13,9 +13,9 @@ the baseline beyond numerical noise.
 from attention_jax.ablation import study
 from experiments.ablations import base
 
-VARIANTS = ('dot_product', 'additive', 'bilinear', 'dot', 'cosine', 'local',
-            'chunked', 'linear', 'performer')
-BASELINE = 'attention=dot_product'
+VARIANTS = ('softmax', 'additive', 'bilinear', 'unscaled_dot_product',
+            'cosine', 'local', 'chunked', 'linear', 'performer')
+BASELINE = 'attention=softmax'
 
 
 def get_config(arg=None):

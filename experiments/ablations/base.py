@@ -22,10 +22,12 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.model.num_heads = 4
   config.model.num_encoder_layers = 2
   config.model.num_decoder_layers = 2
-  # At 64-token rows the defaults (64, 512) would make local and chunked
-  # attention compute exactly full attention; these make them differ.
-  config.model.window_size = 16
-  config.model.chunk_size = 16
+  # At 64-token rows the defaults (window 64, chunks of 512) would make
+  # local and chunked attention compute exactly full attention; these make
+  # them differ. The kernelised mechanisms keep their sums in chunks of 16.
+  config.model.options.local.window_size = 16
+  for name in ('local', 'chunked', 'linear', 'performer'):
+    config.model.options[name].chunk_size = 16
   config.optimizer.learning_rate = 3e-3
   config.optimizer.warmup_steps = 150
   config.batch_size = 16

@@ -7,6 +7,9 @@ Override any field, e.g. `--config.model.num_heads=8`.
 
 import ml_collections
 
+from attention_jax import attention
+from attention_jax.attention import positions
+
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   """The default experiment; `arg` is unused (kept for config_flags)."""
@@ -27,19 +30,25 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   # A name from attention_jax.attention.names().
-  config.model.attention = 'dot_product'
+  config.model.attention = 'softmax'
   # Per-place overrides of `attention`; '' keeps `attention` there.
   config.model.encoder_self_attention = ''
   config.model.decoder_self_attention = ''
   config.model.cross_attention = ''
-  # Options of particular mechanisms (see attention_jax/model/config.py).
+  # Each mechanism's own options, under its name, e.g.
+  # --config.model.options.local.window_size=32 (defaults and meaning in
+  # that mechanism's file under attention_jax/attention/).
+  config.model.options = ml_collections.ConfigDict(
+      attention.MECHANISMS.default_options())
+  # Key/value heads for grouped-query attention; 0 means num_heads, 1 is
+  # multi-query attention.
   config.model.num_kv_heads = 0
-  config.model.window_size = 64
-  config.model.num_random_features = 256
-  config.model.chunk_size = 512
+  # A name from attention_jax.attention.positions.SCHEMES, and the schemes'
+  # options, e.g. --config.model.position_options.relative_bias.num_buckets.
   config.model.position_scheme = 'sinusoidal'
-  config.model.relative_num_buckets = 32
-  config.model.relative_max_distance = 128
+  config.model.position_options = ml_collections.ConfigDict(
+      positions.SCHEMES.default_options())
+  # Fused kernel of mechanisms that have one: 'auto', 'xla', 'cudnn', 'pallas'.
   config.model.implementation = 'auto'
   config.model.emb_dim = 256
   config.model.num_heads = 4
@@ -78,7 +87,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1
   config.mesh.fsdp = 1
-  # Logical parameter axis (attention_jax/model/partitioning.py) -> mesh
+  # Logical parameter axis (attention_jax/partitioning.py) -> mesh
   # axis; '' keeps that axis whole on every device.
   config.mesh.rules = ml_collections.ConfigDict({
       'vocab': '',

@@ -28,7 +28,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.data.vocab_size = 32_000
   config.data.max_len = 256
 
-  config.model.attention = 'dot_product'
+  config.model.attention = 'softmax'
   config.model.position_scheme = 'sinusoidal'
   config.model.emb_dim = 512
   config.model.num_heads = 8

@@ -1,10 +1,10 @@
-"""Device mesh, shardings, and sharded creation of the training state.
+"""Device mesh, and the sharding of batches and of parameter-like pytrees.
 
 The mesh has two axes: `data` (replicas that each hold whole parameters)
 and `fsdp` (devices that split parameters and optimizer state between them
 and gather them layer by layer). The batch is split over both. Which
 parameter dimensions go to which mesh axis is decided by `config.mesh.rules`
-from the logical names the model declares (see `model/partitioning.py`).
+from the logical names the model declares (see `partitioning.py`).
 """
 
 import math
@@ -12,17 +12,14 @@ import math
 from absl import logging
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
-import optax
 
-from attention_jax.model import partitioning
-from attention_jax.train.steps import TrainState
+from attention_jax import partitioning
 
 DATA_AXIS = 'data'
 FSDP_AXIS = 'fsdp'
@@ -104,7 +101,9 @@ def process_rows(mesh: Mesh, global_rows: int) -> slice:
   Each process loads only these rows; `to_global` assembles them.
   """
   shards = batch_sharding(mesh).addressable_devices_indices_map((global_rows,))
-  starts = sorted({index[0].indices(global_rows)[:2] for index in shards.values()})
+  starts = sorted(
+      {index[0].indices(global_rows)[:2] for index in shards.values()}
+  )
   for (_, stop), (start, _) in zip(starts, starts[1:]):
     if stop != start:
       raise ValueError(
@@ -123,29 +122,6 @@ def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh):
   }
 
 
-def _state_initializer(model: nn.Module, tx: optax.GradientTransformation,
-                       max_len: int):
-  """Builds the state with parameters still boxed with their axis names.
-
-  The optimizer's moments are created from the boxed parameters, so they
-  carry the same names and are sharded like the parameters they track.
-  """
-
-  def init(seed):
-    init_rng, dropout_rng = jax.random.split(jax.random.key(seed))
-    dummy = jnp.ones((1, max_len), jnp.int32)
-    params = model.init(init_rng, dummy, dummy)['params']
-    return TrainState(
-        step=jnp.array(0, jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=jax.random.key_data(dropout_rng),
-        tx=tx,
-    )
-
-  return init
-
-
 def _mesh_spec(shape, logical: P, rules: dict[str, str], mesh: Mesh,
                unsplit: list[str], path: str) -> P:
   """Mesh axes for one leaf; dimensions the axis does not divide replicate."""
@@ -159,18 +135,20 @@ def _mesh_spec(shape, logical: P, rules: dict[str, str], mesh: Mesh,
   return P(*axes)
 
 
-def abstract_train_state(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    seed: int,
-    mesh: Mesh,
-    max_len: int,
-    rules: dict[str, str],
-) -> tuple[TrainState, TrainState]:
-  """Shapes of the training state and the sharding of each leaf."""
-  boxed = jax.eval_shape(_state_initializer(model, tx, max_len), seed)
-  logical = nn.get_partition_spec(boxed)
-  abstract = nn.unbox(boxed)
+def named_shardings(boxed, mesh: Mesh, rules: dict[str, str]):
+  """The `NamedSharding` of each leaf of a pytree of boxed abstract arrays.
+
+  Args:
+    boxed: e.g. `jax.eval_shape` of a model's init, its leaves still boxed
+      with their logical axis names (`nn.Partitioned`); unnamed leaves
+      replicate.
+    mesh: the device mesh.
+    rules: logical axis name -> mesh axis, as `logical_rules` returns.
+
+  Returns:
+    Shardings with the structure of `nn.unbox(boxed)`. A dimension the mesh
+    axis does not divide is replicated instead (logged).
+  """
   unsplit = []
   shardings = jax.tree_util.tree_map_with_path(
       lambda path, leaf, spec: NamedSharding(
@@ -178,35 +156,12 @@ def abstract_train_state(
           _mesh_spec(leaf.shape, spec, rules, mesh, unsplit,
                      jax.tree_util.keystr(path)),
       ),
-      abstract,
-      logical,
+      nn.unbox(boxed),
+      nn.get_partition_spec(boxed),
   )
   if unsplit:
     logging.info(
         'Replicated instead of split (size not divisible by the mesh axis): '
         '%s', '; '.join(unsplit),
     )
-  return abstract, shardings
-
-
-def create_train_state(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    seed: int,
-    mesh: Mesh,
-    max_len: int,
-    rules: dict[str, str],
-) -> tuple[TrainState, TrainState]:
-  """Initialises the state directly into its sharding on the mesh.
-
-  The shapes come from `jax.eval_shape`, so no device ever holds an
-  unsharded copy of the state.
-
-  Returns:
-    (state, shardings) where shardings is a pytree of `NamedSharding`s.
-  """
-  _, shardings = abstract_train_state(model, tx, seed, mesh, max_len, rules)
-  init = _state_initializer(model, tx, max_len)
-  return jax.jit(
-      lambda s: nn.unbox(init(s)), out_shardings=shardings
-  )(seed), shardings
+  return shardings

@@ -1,7 +1,9 @@
-"""Fused kernels for the baseline's softmax attention, and when each applies.
+"""Fused-kernel dispatch for softmax attention, and when each kernel applies.
 
-`cfg.implementation` asks for a kernel:
-  'xla': the baseline's own einsum/softmax; runs everywhere, with any mask,
+A mechanism lists the fused kernels that compute exactly it in
+`Capabilities.fused_kernels` (only plain softmax attention today), and
+`config.model.implementation` asks for one:
+  'xla': the mechanism's own jnp code; runs everywhere, with any mask,
     bias and attention dropout.
   'cudnn': cuDNN flash attention via `jax.nn.dot_product_attention` (GPU).
   'pallas': the Pallas TPU flash-attention kernel (TPU).
@@ -190,5 +192,5 @@ def attend_with(implementation: str, query_BxQxHxD, key_BxKxGxD,
     return jnp.swapaxes(out_BxHxQxD, 1, 2)
   raise ValueError(
       f'attend_with runs the fused kernels cudnn and pallas, not '
-      f'{implementation!r}; the baseline computes xla itself.'
+      f'{implementation!r}; the mechanism computes xla itself.'
   )

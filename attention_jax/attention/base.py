@@ -1,0 +1,245 @@
+"""The attention contract: what a mechanism supplies and what it may assume.
+
+A mechanism is one class, registered by name (`registry.register`), that
+supplies only its own part of multi-head attention; the shared frame
+(`frame.MultiHeadAttention`) owns everything every mechanism repeats: the
+input and output projections, grouped key/value heads, rotary positions,
+score biases of position schemes, dropout, the decoding cache and its step
+counter, and whether the call is self- or cross-attention.
+
+Array names carry their shapes: B batch rows, Q queries, K keys, H query
+heads, G key/value heads (G divides H; `repeat_kv_heads` expands them), D the
+head size, E the model width. Dtypes: queries, keys and values arrive in the
+model's compute dtype (float32 or bfloat16); segment ids and positions are
+int32.
+
+Segment ids mark packing and padding: 0 is padding, and equal non-zero ids
+mark tokens of one packed sentence. A query may see a key only when both
+belong to the same non-zero segment (and, causally, when the key does not
+follow the query). Positions count from 0 inside each packed sentence; in
+decoding, a token's position is its decoding step. `AttentionInputs.mask`
+holds all of this in per-token form (`masks.TokenMask`), never as a Q x K
+array unless a mechanism asks for one (`mask.dense()`).
+
+What a mechanism can do is data (`Capabilities`), declared once on its class
+and read by config validation, the frame and the test suite alike. A
+mechanism's hyper-parameters are a frozen dataclass (`Options`) registered
+with it; they are set from the config under the mechanism's name
+(`config.model.options.<name>.<field>`), validated in `__post_init__`, and
+are model fields for resumption unless listed in `RESUMABLE_FIELDS` (fields
+that only change how the same function is computed, such as a block size).
+
+Every mechanism also registers a `reference`: a plain implementation written
+from its paper's equations, with explicit quadratic masks, against which the
+contract tests (tests/test_attention_contract.py) compare `attend` in outputs
+and gradients.
+"""
+
+import dataclasses
+import enum
+from typing import Any, Callable, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attention_jax.attention import masks
+
+
+class DecodingState(enum.Enum):
+  """What a mechanism keeps between decoding steps.
+
+  KV_CACHE: the frame caches every step's keys and values (and the projected
+    encoder memory) and calls `attend` with one query against them.
+  RECURRENT: the mechanism keeps a constant-size state of its own
+    (`initial_state`, `step`, `summarise`, `read`); the frame stores it.
+  NONE: the mechanism cannot decode causally; as cross-attention it
+    summarises the memory once (`summarise`, `read`).
+  """
+
+  KV_CACHE = 'kv_cache'
+  RECURRENT = 'recurrent'
+  NONE = 'none'
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+  """What a mechanism can do; read by config checks, the frame and tests.
+
+  Attributes:
+    causal: usable as decoder self-attention (each query sees only keys at or
+      before it, with incremental decoding).
+    decoding_state: what it keeps between decoding steps.
+    score_bias: takes an additive float32 bias on its query-key scores, so
+      the score-bias position schemes (ALiBi, T5 relative) apply.
+    position_schemes: the position schemes acting inside attention that it
+      honours ('rope' rotates its queries and keys; score-bias schemes need
+      `score_bias` too). Schemes added to the embeddings need nothing.
+    fused_kernels: fused kernels that compute exactly this mechanism
+      (see `fused.py`); the frame dispatches to them by
+      `config.model.implementation`.
+    attention_weights: forms normalised attention weights, so attention
+      dropout applies to them.
+    projections: the per-head input projections the frame creates for it
+      ('query', 'key', 'value'); the output projection 'out' is always there.
+  """
+
+  causal: bool = True
+  decoding_state: DecodingState = DecodingState.KV_CACHE
+  score_bias: bool = False
+  position_schemes: frozenset[str] = frozenset({'rope'})
+  fused_kernels: tuple[str, ...] = ()
+  attention_weights: bool = True
+  projections: tuple[str, ...] = ('query', 'key', 'value')
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+  """Options of a mechanism that has none."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionInputs:
+  """One call's projected heads and everything that says who sees whom.
+
+  Attributes:
+    inputs_q_BxQxE: the query-side inputs the projections were made from,
+      for mechanisms that compute more from them (gates, say); in decoding,
+      the step's inputs.
+    query_BxQxHxD: projected queries (rotated, with 'rope' in self-attention);
+      None for a mechanism that declares no 'query' projection.
+    key_BxKxGxD: projected keys with G key/value heads (rotated likewise);
+      in decoding self-attention, the whole cache (K = decode length).
+    value_BxKxGxD: projected values with G heads.
+    mask: which keys each query may see (segments, padding, causality,
+      positions), in per-token form.
+    bias_BxHxQxK: None, or a float32 score bias broadcastable to [B, H, Q, K]
+      (position schemes), given only to mechanisms with `score_bias`.
+    dropout: None, or a callable applied to attention weights (a Flax
+      `Dropout`); only for mechanisms with `attention_weights`.
+    dropout_rate: the rate behind `dropout` (0.0 when there is none), for
+      mechanisms that draw their own dropout masks block by block.
+    self_attention: queries and keys come from one sequence (explicit, from
+      the Transformer; never inferred from the arrays).
+    causal: the place is causal (decoder self-attention). In decoding the
+      mask's own index-based causality is off (the cache's filled slots say
+      which keys exist), while this stays True.
+    decoding: one query step against a decoding cache (queries and keys no
+      longer share an index axis; positions say where each one is).
+    num_heads: H, the query heads the output must have.
+  """
+
+  inputs_q_BxQxE: jax.Array
+  query_BxQxHxD: jax.Array
+  key_BxKxGxD: jax.Array
+  value_BxKxGxD: jax.Array
+  mask: masks.TokenMask
+  bias_BxHxQxK: jax.Array | None = None
+  dropout: Callable[[jax.Array], jax.Array] | None = None
+  dropout_rate: float = 0.0
+  self_attention: bool = True
+  causal: bool = False
+  decoding: bool = False
+  num_heads: int = 0
+
+
+def reference_mask(inputs: AttentionInputs):
+  """Who sees whom, written out plainly from the mask's definition.
+
+  For references: independent of `TokenMask.dense`, which `attend` uses.
+
+  Returns:
+    Boolean [B, 1, Q, K].
+  """
+  mask = inputs.mask
+  q_seg, kv_seg = mask.q_segment_ids_BxQ, mask.kv_segment_ids_BxK
+  num_q, num_k = q_seg.shape[1], kv_seg.shape[1]
+  allowed = jnp.logical_and(q_seg[:, :, None] == kv_seg[:, None, :],
+                            kv_seg[:, None, :] > 0)
+  if mask.causal:
+    query_index = jnp.arange(num_q)[:, None] + (num_k - num_q)
+    allowed = jnp.logical_and(allowed,
+                              (jnp.arange(num_k)[None, :] <= query_index)[None])
+  allowed = allowed[:, None]
+  for rule in mask.rules:
+    allowed = jnp.logical_and(
+        allowed, rule(mask.q_positions_BxQ, mask.kv_positions_BxK))
+  return allowed
+
+
+class Mechanism:
+  """Base of every registered mechanism; subclasses override what they are.
+
+  A subclass sets `capabilities` (and `Options` if it has hyper-parameters)
+  and implements `attend` and `reference`. Mechanisms with a recurrent
+  decoding state (or none) implement `summarise` and `read` for
+  cross-attention decoding, and recurrent ones `initial_state` and `step`
+  for causal decoding. Instances are made by the frame with the mechanism's
+  options; they hold no arrays.
+  """
+
+  Options: ClassVar[type] = NoOptions
+  # Options that only change how the same function is computed; they may
+  # differ when a checkpoint is resumed.
+  RESUMABLE_FIELDS: ClassVar[tuple[str, ...]] = ()
+  # Options for the contract tests: small blocks and windows, so that their
+  # short sequences cross every boundary the mechanism has.
+  TEST_OPTIONS: ClassVar[dict[str, Any]] = {}
+  capabilities: ClassVar[Capabilities] = Capabilities()
+
+  def __init__(self, options: Any = None):
+    self.options = self.Options() if options is None else options
+
+  def attend(self, module: nn.Module, inputs: AttentionInputs) -> jax.Array:
+    """The attended values, [B, Q, H, D], in any float dtype.
+
+    Args:
+      module: the calling frame, in whose scope the mechanism creates its
+        own parameters (`module.param`) and draws randomness
+        (`module.make_rng('dropout')`).
+      inputs: the projected heads and the mask.
+    """
+    raise NotImplementedError
+
+  def reference(self, params: dict[str, Any], inputs: AttentionInputs,
+                path: tuple[str, ...] = ()) -> jax.Array:
+    """The paper's equations, plainly: [B, Q, H, D], float32.
+
+    Args:
+      params: the frame's parameters (the mechanism's own ones by the names
+        `attend` gave them).
+      inputs: as for `attend`, without dropout.
+      path: the frame's module path, for mechanisms whose fixed random
+        features depend on the layer.
+    """
+    raise NotImplementedError
+
+  # Recurrent decoding (DecodingState.RECURRENT).
+
+  def initial_state(self, module: nn.Module, key_BxKxGxD, value_BxKxGxD,
+                    num_heads: int) -> Any:
+    """The empty state, a pytree whose leaves lead with B."""
+    raise NotImplementedError
+
+  def step(self, module: nn.Module, state: Any, query_Bx1xHxD, key_Bx1xGxD,
+           value_Bx1xGxD) -> tuple[jax.Array, Any]:
+    """(output [B, 1, H, D], new state) for one decoding step."""
+    raise NotImplementedError
+
+  # Cross-attention decoding (DecodingState.RECURRENT and NONE).
+
+  def summarise(self, module: nn.Module, key_BxKxGxD, value_BxKxGxD,
+                kv_segment_ids_BxK, num_heads: int) -> Any:
+    """What decoding keeps of the encoder memory, computed once."""
+    raise NotImplementedError
+
+  def read(self, module: nn.Module, summary: Any,
+           query_BxQxHxD) -> jax.Array:
+    """Cross-attention output [B, Q, H, D] (or [B, 1, H, D], the same for
+    every query) from the memory's summary."""
+    raise NotImplementedError
+
+
+def repeat_kv_heads(x_BxKxGxD, num_heads: int):
+  """Repeats G key/value heads so that query head h uses head h // (H / G)."""
+  return jnp.repeat(x_BxKxGxD, num_heads // x_BxKxGxD.shape[2], axis=2)

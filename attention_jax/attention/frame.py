@@ -1,0 +1,313 @@
+"""The multi-head frame every attention mechanism runs in.
+
+`MultiHeadAttention` owns what all mechanisms share: the per-head input
+projections ('query', 'key', 'value', with G = num_kv_heads key/value heads
+for grouped-query or multi-query attention; Ainslie et al., 2023), the
+output projection 'out', rotary positions and score biases of the position
+scheme (self-attention only), dropout on attention weights, and decoding:
+the step counter, the key/value cache or the mechanism's own recurrent
+state, and the projected encoder memory. The mechanism, looked up by name,
+supplies only `attend` (see base.py). With `num_kv_heads` equal to
+`num_heads`, parameter names and shapes match
+`flax.linen.MultiHeadDotProductAttention`.
+
+Decoding (`AttentionConfig.decode`): the first call with an empty cache sees
+the full decode length and only creates the cache (its output is zeros and
+unused); every later call consumes one token per row. Beam search reorders
+rows of every cache leaf that leads with the batch; the step counter is a
+scalar, as every row is at the same step.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attention_jax import partitioning as part
+from attention_jax.attention import base
+from attention_jax.attention import fused
+from attention_jax.attention import masks
+from attention_jax.attention import positions
+from attention_jax.attention import registry
+
+DecodingState = base.DecodingState
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+  """Hyper-parameters of one attention layer.
+
+  Attributes:
+    mechanism: registry name of the mechanism.
+    options: its options (an instance of its `Options`; None: defaults).
+    num_heads: query heads H.
+    head_dim: size D of each head.
+    num_kv_heads: key/value heads G; 0 means H (multi-head), 1 multi-query.
+    position_scheme: registry name of the model's position scheme.
+    position_options: its options (None: defaults).
+    dropout_rate: dropout on attention weights, where the mechanism has them.
+    implementation: fused-kernel request, one of `fused.IMPLEMENTATIONS`.
+    dtype: compute dtype of projections and attention.
+    deterministic: no dropout.
+    decode: incremental decoding with a cache (see module docstring).
+  """
+
+  mechanism: str = 'softmax'
+  options: Any = None
+  num_heads: int = 8
+  head_dim: int = 64
+  num_kv_heads: int = 0
+  position_scheme: str = 'sinusoidal'
+  position_options: Any = None
+  dropout_rate: float = 0.0
+  implementation: str = 'auto'
+  dtype: Any = jnp.float32
+  deterministic: bool = False
+  decode: bool = False
+
+  @property
+  def kv_heads(self) -> int:
+    """G, checked to divide H."""
+    num_kv_heads = self.num_kv_heads or self.num_heads
+    if self.num_heads % num_kv_heads:
+      raise ValueError(
+          f'num_kv_heads={num_kv_heads} must divide num_heads={self.num_heads}.'
+      )
+    return num_kv_heads
+
+
+def _default_positions(batch: int, length: int):
+  return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32),
+                          (batch, length))
+
+
+def check_place(mechanism: type[base.Mechanism], scheme: type, *,
+                causal: bool, self_attention: bool) -> None:
+  """Raises ValueError when `mechanism` cannot serve this place and scheme."""
+  caps = mechanism.capabilities
+  if causal and not self_attention:
+    raise ValueError('Causal attention is self-attention.')
+  if causal and not caps.causal:
+    raise ValueError(f'{mechanism.name!r} cannot be causal.')
+  if self_attention and scheme.acts_in != positions.EMBEDDING:
+    if scheme.name not in caps.position_schemes:
+      raise ValueError(
+          f'{mechanism.name!r} does not honour position_scheme '
+          f'{scheme.name!r}.'
+      )
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention with the mechanism `config.mechanism`.
+
+  Attributes:
+    config: the layer's hyper-parameters.
+    causal: each query sees only keys at or before it (decoder).
+    self_attention: queries and keys come from one sequence; position schemes
+      act only then. Explicit: never inferred from the inputs.
+  """
+
+  config: AttentionConfig
+  causal: bool = False
+  self_attention: bool = True
+
+  @nn.compact
+  def __call__(self, inputs_q_BxQxE, inputs_kv_BxKxE, q_segment_ids_BxQ,
+               kv_segment_ids_BxK, q_positions_BxQ=None, kv_positions_BxK=None):
+    """Attends queries to keys; returns [B, Q, E] in the compute dtype.
+
+    Args:
+      inputs_q_BxQxE: query-side inputs.
+      inputs_kv_BxKxE: key/value-side inputs (the encoder memory in
+        cross-attention; the same sequence in self-attention).
+      q_segment_ids_BxQ: int32 segment ids of the queries (0: padding).
+      kv_segment_ids_BxK: int32 segment ids of the keys.
+      q_positions_BxQ: int32 positions of the queries within their
+        sentences; None: 0, 1, ... along the row.
+      kv_positions_BxK: likewise for the keys.
+
+    Raises:
+      ValueError: when the mechanism cannot serve this place or scheme.
+    """
+    config = self.config
+    mechanism_cls = registry.get(config.mechanism)
+    scheme = positions.SCHEMES.get(config.position_scheme)(
+        config.position_options
+    )
+    check_place(mechanism_cls, type(scheme), causal=self.causal,
+                self_attention=self.self_attention)
+    mechanism = mechanism_cls(config.options)
+    query = self._project('query', config.num_heads, inputs_q_BxQxE)
+    if config.decode and not self.self_attention:
+      out_BxQxHxD = self._decode_cross(mechanism, inputs_q_BxQxE, query,
+                                       inputs_kv_BxKxE, kv_segment_ids_BxK)
+    else:
+      key = self._project('key', config.kv_heads, inputs_kv_BxKxE)
+      value = self._project('value', config.kv_heads, inputs_kv_BxKxE)
+      batch, q_len = inputs_q_BxQxE.shape[:2]
+      if config.decode:
+        out_BxQxHxD = self._decode_self(mechanism, scheme, inputs_q_BxQxE,
+                                        query, key, value)
+      else:
+        if q_positions_BxQ is None:
+          q_positions_BxQ = _default_positions(batch, q_len)
+        if kv_positions_BxK is None:
+          kv_positions_BxK = _default_positions(batch,
+                                                inputs_kv_BxKxE.shape[1])
+        if self.self_attention:
+          query = scheme.rotate(query, q_positions_BxQ)
+          key = scheme.rotate(key, kv_positions_BxK)
+        mask = masks.TokenMask(q_segment_ids_BxQ, kv_segment_ids_BxK,
+                               q_positions_BxQ, kv_positions_BxK,
+                               causal=self.causal)
+        out_BxQxHxD = self._attend(mechanism, scheme, inputs_q_BxQxE, query,
+                                   key, value, mask, decoding=False)
+    return self._output(out_BxQxHxD, inputs_q_BxQxE.shape[-1])
+
+  def _project(self, name: str, num_heads: int, inputs_BxLxE):
+    """[B, L, E] -> [B, L, num_heads, D] as layer `name`; None if unused."""
+    if name not in registry.get(self.config.mechanism).capabilities.projections:
+      return None
+    return nn.DenseGeneral(
+        features=(num_heads, self.config.head_dim),
+        dtype=self.config.dtype,
+        kernel_init=part.init(
+            nn.initializers.xavier_uniform(), part.EMBED, part.HEADS,
+            part.HEAD_DIM,
+        ),
+        bias_init=part.init(nn.initializers.zeros, part.HEADS, part.HEAD_DIM),
+        name=name,
+    )(inputs_BxLxE)
+
+  def _output(self, out_BxQxHxD, width: int):
+    """[B, Q, H, D] -> [B, Q, width] as layer 'out'."""
+    return nn.DenseGeneral(
+        features=width,
+        axis=(-2, -1),
+        dtype=self.config.dtype,
+        kernel_init=part.init(
+            nn.initializers.xavier_uniform(), part.HEADS, part.HEAD_DIM,
+            part.EMBED,
+        ),
+        bias_init=part.init(nn.initializers.zeros, part.EMBED),
+        name='out',
+    )(out_BxQxHxD.astype(self.config.dtype))
+
+  def _attend(self, mechanism, scheme, inputs_q, query, key, value, mask, *,
+              decoding: bool):
+    """Adds what the frame owns (bias, dropout, fused kernels), then attends."""
+    config = self.config
+    caps = mechanism.capabilities
+    bias = None
+    if self.self_attention and caps.score_bias:
+      bias = scheme.score_bias(mask.q_positions_BxQ, mask.kv_positions_BxK,
+                               config.num_heads, self.causal)
+    dropout = None
+    if (not config.deterministic and config.dropout_rate > 0
+        and caps.attention_weights):
+      dropout = functools.partial(nn.Dropout(config.dropout_rate),
+                                  deterministic=False)
+    inputs = base.AttentionInputs(
+        inputs_q, query, key, value, mask, bias_BxHxQxK=bias, dropout=dropout,
+        dropout_rate=config.dropout_rate if dropout is not None else 0.0,
+        self_attention=self.self_attention, causal=self.causal,
+        decoding=decoding, num_heads=config.num_heads,
+    )
+    if caps.fused_kernels:
+      implementation = fused.resolve(
+          config.implementation, query, key, has_dropout=dropout is not None,
+          has_bias=bias is not None, has_segment_ids=not decoding,
+      )
+      if implementation in caps.fused_kernels:
+        return fused.attend_with(
+            implementation, query, key, value, mask=mask.dense(), bias=bias,
+            segment_ids=(mask.q_segment_ids_BxQ, mask.kv_segment_ids_BxK),
+            causal=mask.causal,
+        )
+    return mechanism.attend(self, inputs)
+
+  def _decode_self(self, mechanism, scheme, inputs_q, query_step, key_step,
+                   value_step):
+    """One decoding step of self-attention (or the cache-creating call)."""
+    creating = not self.has_variable('cache', 'cache_index')
+    cache_index = self.variable('cache', 'cache_index',
+                                lambda: jnp.array(0, jnp.int32))
+    batch, length = query_step.shape[:2]
+    if creating:
+      step_positions = _default_positions(batch, length)
+    else:
+      if length != 1:
+        raise ValueError(
+            f'Incremental decoding consumes one token per call, got {length}.'
+        )
+      step_positions = jnp.full((batch, 1), cache_index.value, jnp.int32)
+    query_step = scheme.rotate(query_step, step_positions)
+    key_step = scheme.rotate(key_step, step_positions)
+    zeros = jnp.zeros(query_step.shape, jnp.float32)
+
+    if mechanism.capabilities.decoding_state is DecodingState.RECURRENT:
+      state = self.variable(
+          'cache', 'state', mechanism.initial_state, self, key_step,
+          value_step, self.config.num_heads,
+      )
+      if creating:
+        return zeros
+      out, state.value = mechanism.step(self, state.value, query_step,
+                                        key_step, value_step)
+      cache_index.value += 1
+      return out
+
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros,
+                               key_step.shape, key_step.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros,
+                                 value_step.shape, value_step.dtype)
+    if creating:
+      return zeros
+    index = cache_index.value
+    cached_key.value = jax.lax.dynamic_update_slice(
+        cached_key.value, key_step, (0, index, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(
+        cached_value.value, value_step, (0, index, 0, 0))
+    cache_index.value = index + 1
+    max_len = cached_key.value.shape[1]
+    slots_BxK = _default_positions(batch, max_len)
+    # Filled slots form the row's one sentence; the rest are padding.
+    mask = masks.TokenMask(
+        jnp.ones((batch, 1), jnp.int32), (slots_BxK <= index).astype(jnp.int32),
+        step_positions, slots_BxK,
+    )
+    return self._attend(mechanism, scheme, inputs_q, query_step,
+                        cached_key.value,
+                        cached_value.value, mask, decoding=True)
+
+  def _decode_cross(self, mechanism, inputs_q, query, inputs_kv_BxKxE,
+                    kv_segment_ids_BxK):
+    """Cross-attention in decoding: the memory is projected once."""
+    creating = not self.has_variable('cache', 'memory')
+    batch, q_len = inputs_q.shape[:2]
+    out_shape = (batch, q_len, self.config.num_heads, self.config.head_dim)
+    if creating:
+      key = self._project('key', self.config.kv_heads, inputs_kv_BxKxE)
+      value = self._project('value', self.config.kv_heads, inputs_kv_BxKxE)
+      # A decoded row holds one sentence: its real tokens are segment 1.
+      real_BxK = (kv_segment_ids_BxK != 0).astype(jnp.int32)
+      if mechanism.capabilities.decoding_state is DecodingState.KV_CACHE:
+        memory = {'key': key, 'value': value, 'segment_ids': real_BxK}
+      else:
+        memory = mechanism.summarise(self, key, value, real_BxK,
+                                     self.config.num_heads)
+      self.put_variable('cache', 'memory', memory)
+      return jnp.zeros(out_shape, jnp.float32)
+    memory = self.get_variable('cache', 'memory')
+    if mechanism.capabilities.decoding_state is not DecodingState.KV_CACHE:
+      return jnp.broadcast_to(mechanism.read(self, memory, query), out_shape)
+    kv_len = memory['segment_ids'].shape[1]
+    mask = masks.TokenMask(
+        jnp.ones((batch, q_len), jnp.int32), memory['segment_ids'],
+        _default_positions(batch, q_len), _default_positions(batch, kv_len),
+    )
+    return self._attend(mechanism, None, inputs_q, query, memory['key'],
+                        memory['value'], mask, decoding=True)

@@ -1,0 +1,131 @@
+"""Softmax attention (Vaswani et al., 2017), the base of the softmax family.
+
+softmax(q k^T / sqrt(d) + bias) v over the keys each query may see. Other
+members of the family change only what a score is (additive, bilinear,
+cosine, ...): a subclass overrides `scores` (and `reference_scores`, the
+same formula written plainly), and everything else — masks, score biases,
+float32 softmax, dropout on the weights, the key/value cache — is shared.
+Only this class computes exactly what the fused kernels compute, so only it
+declares them; a subclass that does not declare its own capabilities gets
+the family's, without fused kernels.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from attention_jax.attention import base
+from attention_jax.attention import registry
+
+# What every member of the family can do.
+FAMILY_CAPABILITIES = base.Capabilities(
+    causal=True,
+    decoding_state=base.DecodingState.KV_CACHE,
+    score_bias=True,
+    position_schemes=frozenset({'rope', 'alibi', 'relative_bias'}),
+)
+
+
+def dot_product_scores(query_BxQxHxD, key_BxKxHxD):
+  """Scaled dot-product logits q k^T / sqrt(d), [B, H, Q, K]."""
+  depth = query_BxQxHxD.shape[-1]
+  return jnp.einsum(
+      'bqhd,bkhd->bhqk', query_BxQxHxD, key_BxKxHxD
+  ) / jnp.sqrt(depth).astype(query_BxQxHxD.dtype)
+
+
+def softmax_weighted_sum(logits_BxHxQxK, value_BxKxHxD, mask, dropout=None):
+  """Masked softmax over keys (in float32), then the weighted sum of values.
+
+  A query that may see no key at all averages every key (its logits are all
+  the same fill); only padding queries are in that case, and nothing reads
+  them.
+
+  Args:
+    logits_BxHxQxK: scores, any float dtype.
+    value_BxKxHxD: values.
+    mask: boolean, broadcastable to the logits; True where a query may attend
+      to a key.
+    dropout: optional callable applied to the attention probabilities.
+
+  Returns:
+    The attended values, [B, Q, H, D], in the dtype of the values.
+  """
+  # Softmax in float32 keeps bfloat16 training stable.
+  logits_BxHxQxK = jnp.where(
+      mask, logits_BxHxQxK.astype(jnp.float32), jnp.finfo(jnp.float32).min
+  )
+  probs_BxHxQxK = jax.nn.softmax(logits_BxHxQxK).astype(value_BxKxHxD.dtype)
+  if dropout is not None:
+    probs_BxHxQxK = dropout(probs_BxHxQxK)
+  return jnp.einsum('bhqk,bkhd->bqhd', probs_BxHxQxK, value_BxKxHxD)
+
+
+def reference_softmax_attention(logits_BxHxQxK, value_BxKxHxD, allowed):
+  """softmax over allowed keys, then sum_j p_ij v_j, written plainly.
+
+  A query that may see no key gets 0.
+  """
+  logits = jnp.where(allowed, logits_BxHxQxK.astype(jnp.float32), 0.0)
+  peak = jnp.max(jnp.where(allowed, logits, -jnp.inf), -1, keepdims=True)
+  weights = jnp.where(allowed, jnp.exp(logits - jnp.where(allowed.any(
+      -1, keepdims=True), peak, 0.0)), 0.0)
+  total = jnp.sum(weights, -1, keepdims=True)
+  weights = weights / jnp.where(total > 0, total, 1.0)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights,
+                    value_BxKxHxD.astype(jnp.float32))
+
+
+@registry.register('softmax')
+class Softmax(base.Mechanism):
+  """softmax(q k^T / sqrt(d) + bias) v; the fused kernels compute it too."""
+
+  capabilities = dataclasses.replace(
+      FAMILY_CAPABILITIES, fused_kernels=('cudnn', 'pallas')
+  )
+
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    # Another score is not what the fused kernels compute.
+    if 'capabilities' not in cls.__dict__:
+      cls.capabilities = FAMILY_CAPABILITIES
+
+  def scores(self, module, query_BxQxHxD, key_BxKxHxD):
+    """Logits [B, H, Q, K] of every query against every key.
+
+    May create parameters with `module.param`; called once per forward pass.
+    """
+    del module
+    return dot_product_scores(query_BxQxHxD, key_BxKxHxD)
+
+  def reference_scores(self, params, query_BxQxHxD, key_BxKxHxD):
+    """`scores` written plainly from the paper, float32 [B, H, Q, K]."""
+    del params
+    products = query_BxQxHxD[:, :, None] * key_BxKxHxD[:, None]
+    return jnp.moveaxis(products.sum(-1), 3, 1) / jnp.sqrt(
+        query_BxQxHxD.shape[-1])
+
+  def attend(self, module, inputs):
+    num_heads = inputs.query_BxQxHxD.shape[2]
+    key_BxKxHxD = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads)
+    value_BxKxHxD = base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads)
+    logits_BxHxQxK = self.scores(
+        module, inputs.query_BxQxHxD, key_BxKxHxD).astype(jnp.float32)
+    if inputs.bias_BxHxQxK is not None:
+      logits_BxHxQxK += inputs.bias_BxHxQxK
+    return softmax_weighted_sum(logits_BxHxQxK, value_BxKxHxD,
+                                inputs.mask.dense(), inputs.dropout)
+
+  def reference(self, params, inputs, path=()):
+    del path
+    num_heads = inputs.query_BxQxHxD.shape[2]
+    key = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads)
+    logits = self.reference_scores(
+        params, inputs.query_BxQxHxD.astype(jnp.float32),
+        key.astype(jnp.float32))
+    if inputs.bias_BxHxQxK is not None:
+      logits = logits + inputs.bias_BxHxQxK
+    return reference_softmax_attention(
+        logits, base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads),
+        base.reference_mask(inputs))
