@@ -10,6 +10,7 @@ import pytest
 from attention_jax import attention
 from attention_jax.attention import base
 from attention_jax.attention import frame
+from attention_jax.attention import gated
 from attention_jax.attention import masks
 
 B, Q, K, E, H, D = 2, 5, 7, 16, 4, 8
@@ -199,3 +200,21 @@ def test_cosine_temperature_is_capped_at_max_temperature():
   cap = attention.get('cosine').Options().max_temperature
   np.testing.assert_allclose(run(2 * cap), run(cap), atol=1e-6)
   assert not np.allclose(run(cap / 2), run(cap), atol=1e-4)
+
+
+@pytest.mark.parametrize('headwise', [False, True])
+def test_gated_with_its_gate_open_is_softmax(headwise):
+  # sigmoid(30) is 1 in float32: the gate passes softmax attention through.
+  x, seg = _self_inputs()
+  layer = _layer('gated', options=gated.GatedOptions(headwise=headwise))
+  params = nn.unbox(layer.init(jax.random.key(1), x, x, seg, seg))
+  gate = params['params']['gate']
+  assert gate['kernel'].shape == ((E, H) if headwise else (E, H, D))
+  opened = {'kernel': jnp.zeros_like(gate['kernel']),
+            'bias': jnp.full_like(gate['bias'], 30.0)}
+  np.testing.assert_allclose(
+      layer.apply({'params': {**params['params'], 'gate': opened}}, x, x,
+                  seg, seg),
+      _layer('softmax').apply(_shared(params), x, x, seg, seg),
+      atol=1e-6,
+  )
