@@ -3,7 +3,6 @@
 Only the parameters are restored: translating needs no optimizer.
 """
 
-import json
 import os
 import sys
 
@@ -19,6 +18,7 @@ from attention_jax.decode.translator import translator_for
 from attention_jax.model import from_config
 from attention_jax.model.config import TransformerConfig
 from attention_jax.model.transformer import Transformer
+from attention_jax.train import run_config
 from attention_jax.train.checkpoint import Checkpointer
 
 
@@ -44,8 +44,7 @@ def load_params(workdir: str, mesh: Mesh):
           f'{path} is missing: --workdir must be the directory of a training '
           'run (launch.py --config=... --workdir=DIR).'
       )
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(run_config.load(workdir))
   from_config.check_not_legacy(config.model, config_path)
   sp = spm.SentencePieceProcessor(model_file=vocab_path)
   cfg = from_config.transformer_config(config, sp.vocab_size())

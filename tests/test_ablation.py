@@ -287,17 +287,19 @@ def test_tiny_study_runs_skips_resumes_and_reports(tmp_path, data_dir):
   assert 'Someone (2026) found something.' in text
   assert 'equal training steps (10 per point)' in text
 
-  # An interrupted point: its checkpoint of step 10 is there, results not.
-  (linear / 'results.json').unlink()
+  # An interrupted point: its checkpoint of step 10 is there, its
+  # results.json was cut short (0 bytes) by a kill.
+  (linear / 'results.json').write_bytes(b'')
   baseline_log = (points / 'attention=softmax' / 'seed=0' / 'log.txt')
   baseline_before = baseline_log.read_text()
   log = _run(flags, tmp_path, 'second')
   assert 'attention=softmax/seed=0: finished earlier, skipped.' in log
+  assert 'attention=linear/seed=0: its results.json is damaged' in log
   assert 'attention=linear/seed=0: resuming' in log
   assert 'attention=bogus/seed=0: failed before, retrying' in log
   assert baseline_log.read_text() == baseline_before
   assert 'Resumed from step 10' in (linear / 'log.txt').read_text()
-  assert (linear / 'results.json').exists()
+  assert runner.status(str(linear)) == runner.DONE
 
   # Only the failed point is left to spread over machines.
   printed = subprocess.run(

@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from attention_jax import run_records
 from attention_jax.ablation import report
 from attention_jax.ablation import runner
 from attention_jax.ablation import study as study_lib
@@ -44,7 +45,7 @@ def report_workdir(workdir: str) -> None:
   """Writes the report of the study in `workdir` (--mode=report)."""
   try:
     report.write_report(workdir)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, run_records.DamagedRecordError) as e:
     raise app.UsageError(str(e)) from None
 
 

@@ -9,7 +9,7 @@ JAX.
 
 import csv
 import dataclasses
-import json
+import io
 import math
 import os
 from typing import Any, Sequence
@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from attention_jax import run_records
 from attention_jax.ablation import plots
 from attention_jax.ablation import runner
 from attention_jax.ablation import significance
@@ -56,19 +57,21 @@ def read_point(workdir: str, entry: dict) -> PointRecord:
   state = runner.status(path)
   results, error = {}, ''
   if state == runner.DONE:
-    with open(os.path.join(path, 'results.json')) as f:
-      results = json.load(f)
+    results = runner.read_results(path)
   elif state == runner.FAILED:
-    with open(os.path.join(path, 'error.json')) as f:
-      error = json.load(f)['error']
-  wall = 0.0
-  for line in _read_lines(os.path.join(path, 'attempts.jsonl')) or []:
-    wall += json.loads(line)['seconds']
-  valid_loss = []
-  for line in _read_lines(os.path.join(path, 'metrics.jsonl')) or []:
-    record = json.loads(line)
-    if 'valid/loss' in record:
-      valid_loss.append((record['step'], record['valid/loss']))
+    error = runner.read_error(path)
+  elif os.path.exists(os.path.join(path, 'results.json')):
+    try:
+      runner.read_results(path)
+    except run_records.DamagedRecordError as e:
+      error = str(e)
+  wall = sum(r.get('seconds', 0.0) for r in
+             run_records.read_jsonl(os.path.join(path, 'attempts.jsonl')))
+  valid_loss = [
+      (r['step'], r['valid/loss'])
+      for r in run_records.read_jsonl(os.path.join(path, 'metrics.jsonl'))
+      if 'valid/loss' in r
+  ]
   if state == runner.DONE and (
       not valid_loss or valid_loss[-1][0] != results['steps']):
     # The final evaluation's loss ends the curve.
@@ -82,8 +85,11 @@ def read_point(workdir: str, entry: dict) -> PointRecord:
     stats = significance.sentence_stats(hypotheses, references)
   reused_from = ''
   if os.path.exists(os.path.join(path, 'reused.json')):
-    with open(os.path.join(path, 'reused.json')) as f:
-      reused_from = json.load(f)['source']
+    try:
+      reused_from = run_records.read_json(
+          os.path.join(path, 'reused.json'), '')['source']
+    except run_records.DamagedRecordError:
+      reused_from = '(reused.json damaged)'
   return PointRecord(point.name, point.variant, point.seed, state, results,
                      error, wall, valid_loss, stats, references, reused_from)
 
@@ -180,10 +186,11 @@ _POINT_COLUMNS = (
 
 
 def _write_csv(path: str, columns: Sequence[str], rows: list[dict]) -> None:
-  with open(path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, columns, extrasaction='ignore')
-    writer.writeheader()
-    writer.writerows(rows)
+  text = io.StringIO(newline='')
+  writer = csv.DictWriter(text, columns, extrasaction='ignore')
+  writer.writeheader()
+  writer.writerows(rows)
+  run_records.write_text(path, text.getvalue())
 
 
 def _fmt(value: float, digits: int = 2) -> str:
@@ -296,8 +303,11 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
         'Run the study (python launch.py --config=STUDY --workdir=DIR) or '
         'print its commands (--print_commands) first.'
     )
-  with open(manifest_path) as f:
-    manifest = json.load(f)
+  manifest = run_records.read_json(
+      manifest_path,
+      'Rerun the study command (or the same command with --print_commands): '
+      'it writes study.json again.',
+  )
   records = [read_point(workdir, e) for e in manifest['points']]
   baseline = manifest['baseline']
   rows = summarise(records, baseline, num_samples)
@@ -404,7 +414,8 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
               'output in log.txt.', '']
   if unfinished:
     lines += ['## Unfinished points', '']
-    lines += [f'- {r.name}: {r.status}' for r in unfinished]
+    lines += [f'- {r.name}: {r.status}' + (f' ({r.error})' if r.error else '')
+              for r in unfinished]
     lines += ['']
   if figures:
     lines += ['## Plots', '']
@@ -412,8 +423,7 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
       lines += [f'### {title}', '', f'![{title}]({name})', '']
   lines += ['Per point: results.csv; per variant: summary.csv.', '']
   text = '\n'.join(lines)
-  with open(os.path.join(workdir, 'report.md'), 'w') as f:
-    f.write(text)
+  run_records.write_text(os.path.join(workdir, 'report.md'), text)
   logging.info('Wrote %s (%d of %d points finished).',
                os.path.join(workdir, 'report.md'), done, len(records))
   return text
@@ -423,7 +433,7 @@ def main(argv):
   del argv
   try:
     write_report(flags.FLAGS.workdir, flags.FLAGS.bootstrap_samples)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, run_records.DamagedRecordError) as e:
     raise app.UsageError(str(e)) from None
 
 

@@ -9,7 +9,8 @@ Layout of a study workdir:
       error.json                  why the last attempt failed, if it did
   report.md, results.csv, summary.csv, *.png   (attention_jax.ablation.report)
 
-A point with results.json is finished and skipped; one with a checkpoint
+A point with a readable results.json is finished and skipped (an empty or
+damaged one, cut short by a kill, does not count); one with a checkpoint
 resumes from it (the trainer does that); one that failed is retried once per
 study run and, if it fails again, recorded with its error while the study
 goes on. SIGTERM stops the point in progress at a checkpoint and ends the
@@ -32,6 +33,7 @@ import traceback
 from absl import logging
 import ml_collections
 
+from attention_jax import run_records
 from attention_jax.ablation import study as study_lib
 
 DONE, FAILED, INTERRUPTED, PENDING = 'done', 'failed', 'interrupted', 'pending'
@@ -46,10 +48,27 @@ def point_dir(workdir: str, point: study_lib.Point) -> str:
   return os.path.join(workdir, 'points', point.variant, f'seed={point.seed}')
 
 
+def read_results(path: str) -> dict:
+  """The results.json of the point whose workdir is `path`.
+
+  Raises:
+    DamagedRecordError: it is empty or not JSON, naming it and the fix.
+  """
+  return run_records.read_json(
+      os.path.join(path, 'results.json'),
+      'The point is not finished: rerunning the study trains it again '
+      '(resuming from its checkpoint).',
+  )
+
+
 def status(path: str) -> str:
   """Where the point whose workdir is `path` stands."""
   if os.path.exists(os.path.join(path, 'results.json')):
-    return DONE
+    try:
+      read_results(path)
+      return DONE
+    except run_records.DamagedRecordError:
+      pass
   if os.path.exists(os.path.join(path, 'error.json')):
     return FAILED
   checkpoints = os.path.join(path, 'checkpoints')
@@ -125,10 +144,7 @@ def write_manifest(
           for p in study.points
       ],
   }
-  path = os.path.join(workdir, 'study.json')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(manifest, f, indent=2, default=str)
-  os.replace(path + '.tmp', path)
+  run_records.write_json(os.path.join(workdir, 'study.json'), manifest)
 
 
 def run_point(study: study_lib.Study, workdir: str, name: str,
@@ -156,14 +172,26 @@ def run_point(study: study_lib.Study, workdir: str, name: str,
       outcome = DONE
   except Exception as e:  # Recorded for the report, then raised.
     outcome = FAILED
-    with open(error_path, 'w') as f:
-      json.dump({'error': f'{type(e).__name__}: {e}',
-                 'traceback': traceback.format_exc()}, f, indent=2)
+    run_records.write_json(error_path,
+                           {'error': f'{type(e).__name__}: {e}',
+                            'traceback': traceback.format_exc()})
     raise
   finally:
-    with open(os.path.join(path, 'attempts.jsonl'), 'a') as f:
-      f.write(json.dumps({'start': start, 'seconds': time.time() - start,
-                          'outcome': outcome}) + '\n')
+    run_records.append_jsonl(os.path.join(path, 'attempts.jsonl'),
+                             {'start': start, 'seconds': time.time() - start,
+                              'outcome': outcome})
+
+
+def read_error(path: str) -> str:
+  """Why the last attempt of the point whose workdir is `path` failed."""
+  try:
+    return run_records.read_json(
+        os.path.join(path, 'error.json'),
+        "The point's log.txt shows why it failed; rerunning the study "
+        'retries it.',
+    )['error']
+  except run_records.DamagedRecordError as e:
+    return f'(unknown: {e})'
 
 
 class _Forwarder:
@@ -203,26 +231,29 @@ def finished_twin(config: ml_collections.ConfigDict,
     pattern = os.path.join(other, 'points', '*', '*', 'results.json')
     for results in sorted(glob.glob(pattern)):
       path = os.path.dirname(results)
-      try:
-        with open(os.path.join(path, 'config.json')) as f:
-          if json.load(f) == wanted:
-            return path
-      except (OSError, json.JSONDecodeError):
+      if status(path) != DONE:
         continue
+      try:
+        recorded = run_records.read_json(os.path.join(path, 'config.json'), '')
+      except (OSError, run_records.DamagedRecordError):
+        continue
+      if recorded == wanted:
+        return path
   return None
 
 
 def adopt(source: str, path: str) -> None:
   """Copies a finished twin's results into `path`, noting where from."""
   os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, 'reused.json'), 'w') as f:
-    json.dump({'source': os.path.abspath(source)}, f, indent=2)
+  run_records.write_json(os.path.join(path, 'reused.json'),
+                         {'source': os.path.abspath(source)})
   for name in _ADOPTED:
     if os.path.isdir(os.path.join(source, name)):
       shutil.copytree(os.path.join(source, name), os.path.join(path, name),
                       dirs_exist_ok=True)
     elif os.path.exists(os.path.join(source, name)):
-      shutil.copy2(os.path.join(source, name), path)
+      with open(os.path.join(source, name), 'rb') as f:
+        run_records.write_bytes(os.path.join(path, name), f.read())
 
 
 def run_study(study: study_lib.Study, workdir: str, config_args: list[str],
@@ -253,6 +284,9 @@ def run_study(study: study_lib.Study, workdir: str, config_args: list[str],
       if state == DONE:
         logging.info('%s: finished earlier, skipped.', where)
         continue
+      if os.path.exists(os.path.join(path, 'results.json')):
+        logging.warning('%s: its results.json is damaged; training it again.',
+                        where)
       twin = finished_twin(
           budgeted_config(study, point, equal_time), list(reuse_from)
       ) if reuse_from and state == PENDING else None
@@ -280,21 +314,19 @@ def run_study(study: study_lib.Study, workdir: str, config_args: list[str],
       seconds = time.time() - start
       state = status(path)
       if state == DONE:
-        with open(os.path.join(path, 'results.json')) as f:
-          bleu = json.load(f)['test_bleu']
+        bleu = read_results(path)['test_bleu']
         logging.info('%s: done in %.0f s, test BLEU %.2f.', where, seconds,
                      bleu)
       elif returncode != 0:
         error_path = os.path.join(path, 'error.json')
         if not os.path.exists(error_path):
           # Killed, or died before Python could record why.
-          with open(error_path, 'w') as f:
-            json.dump({'error': f'exited with code {returncode}',
-                       'traceback': _log_tail(os.path.join(path, 'log.txt'))},
-                      f, indent=2)
-        with open(error_path) as f:
-          error = json.load(f)['error']
-        logging.warning('%s: FAILED after %.0f s: %s', where, seconds, error)
+          run_records.write_json(
+              error_path,
+              {'error': f'exited with code {returncode}',
+               'traceback': _log_tail(os.path.join(path, 'log.txt'))})
+        logging.warning('%s: FAILED after %.0f s: %s', where, seconds,
+                        read_error(path))
       if forwarder.stopped:
         logging.info(
             'Stopped by a signal at %s; rerun the same command to resume.',

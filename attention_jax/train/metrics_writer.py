@@ -1,9 +1,10 @@
 """Scalars to TensorBoard event files and a JSONL file, from process 0 only."""
 
-import json
 import os
 
 import tensorboardX
+
+from attention_jax import run_records
 
 
 class MetricsWriter:
@@ -12,21 +13,19 @@ class MetricsWriter:
   def __init__(self, workdir: str, enabled: bool):
     self._enabled = enabled
     if enabled:
+      self._path = os.path.join(workdir, 'metrics.jsonl')
       self._summary = tensorboardX.SummaryWriter(
           os.path.join(workdir, 'tensorboard')
       )
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self._enabled:
       return
     for name, value in scalars.items():
       self._summary.add_scalar(name, value, step)
-    self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
-    self._jsonl.flush()
+    run_records.append_jsonl(self._path, {'step': step, **scalars})
     self._summary.flush()
 
   def close(self) -> None:
     if self._enabled:
       self._summary.close()
-      self._jsonl.close()

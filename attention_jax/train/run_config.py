@@ -27,6 +27,7 @@ from typing import Any
 import ml_collections
 
 from attention_jax import attention
+from attention_jax import run_records
 from attention_jax.model import from_config
 from attention_jax.model.config import PLACES
 
@@ -92,8 +93,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   """
   if not os.path.exists(_path(workdir)):
     return
-  with open(_path(workdir)) as f:
-    old_config = json.load(f)
+  old_config = load(workdir)
   from_config.check_not_legacy(old_config.get('model', {}), _path(workdir))
   old = _flatten(old_config)
   new = _flatten(json.loads(config.to_json_best_effort()))
@@ -112,7 +112,20 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
     )
 
 
+def load(workdir: str) -> dict:
+  """The config recorded in `workdir/config.json`, as nested dicts.
+
+  Raises:
+    DamagedRecordError: the file is empty or not JSON, naming it and the fix.
+  """
+  return run_records.read_json(
+      _path(workdir),
+      'It records the config that trained the checkpoints of this workdir. '
+      'Remove it and rerun the training command of this workdir with that '
+      'config: once the checkpoint restores, the run records it again.',
+  )
+
+
 def record(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes `config` as `workdir/config.json`, which translation reads."""
-  with open(_path(workdir), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  run_records.write_text(_path(workdir), config.to_json_best_effort(indent=2))

@@ -1,7 +1,6 @@
 """The training loop: train, evaluate, checkpoint, and report results."""
 
 import functools
-import json
 import math
 import os
 import resource
@@ -13,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from attention_jax import distributed
+from attention_jax import run_records
 from attention_jax import sharding
 from attention_jax.data import batches
 from attention_jax.data import input_pipeline
@@ -265,8 +265,7 @@ def train_and_evaluate(
       config=config.to_dict(),
   )
   if is_chief:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=2, default=str)
+    run_records.write_json(os.path.join(workdir, 'results.json'), results)
   writer.write(step, {
       k: results[k] for k in ('test_bleu', 'valid_bleu') if k in results
   })
@@ -302,11 +301,11 @@ def _final_evaluation(config, workdir, params, data, translator, eval_fn,
     results[f'{split}_decode_seconds'] = seconds
     results[f'{split}_decode_tokens_per_sec'] = pieces / seconds
     if jax.process_index() == 0:
-      with open(os.path.join(out_dir, f'{split}.txt'), 'w') as f:
-        f.writelines(h + '\n' for h in hypotheses)
+      run_records.write_text(os.path.join(out_dir, f'{split}.txt'),
+                         ''.join(h + '\n' for h in hypotheses))
       # The references beside the translations, for significance tests.
-      with open(os.path.join(out_dir, f'{split}_references.txt'), 'w') as f:
-        f.writelines(t + '\n' for _, t in pairs)
+      run_records.write_text(os.path.join(out_dir, f'{split}_references.txt'),
+                         ''.join(t + '\n' for _, t in pairs))
   return results
 
 
@@ -331,13 +330,9 @@ def _peak_memory() -> dict:
 
 def _mean_tokens_per_sec(workdir: str) -> float | None:
   """Average training throughput over the logged intervals of this workdir."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    rates = [
-        r['train/target_tokens_per_sec']
-        for r in map(json.loads, f)
-        if 'train/target_tokens_per_sec' in r
-    ]
+  rates = [
+      r['train/target_tokens_per_sec']
+      for r in run_records.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+      if 'train/target_tokens_per_sec' in r
+  ]
   return float(np.mean(rates)) if rates else None
