@@ -127,6 +127,21 @@ def test_a_damaged_config_json_is_named_with_the_fix(tmp_path, damage):
   assert (workdir / 'config.json').read_bytes() == damage
 
 
+def test_a_resume_that_fails_to_restore_leaves_config_json_as_it_was(
+    tmp_path, data_dir
+):
+  config = smoke.get_config()
+  config.data.data_dir = data_dir
+  # Only the run length differs: the resume passes the config check.
+  workdir = _checkpointed_workdir(tmp_path, config)
+  before = (workdir / 'config.json').read_bytes()
+  config.num_train_steps = 7
+  # The checkpoint holds a toy state, not this model's: restoring it fails.
+  with pytest.raises(Exception):
+    trainer.train_and_evaluate(config, str(workdir))
+  assert (workdir / 'config.json').read_bytes() == before
+
+
 def _point_with_results(tmp_path, results: bytes):
   study = _write_study(tmp_path)
   workdir = str(tmp_path / 'study')

@@ -73,8 +73,6 @@ def train_and_evaluate(
   )
   if checkpointer.latest_step() is not None:
     run_config.check_resumable(config, workdir)
-  if is_chief:
-    run_config.record(config, workdir)
   with distributed.chief_first('prepare data'):
     data = input_pipeline.load(config.data, workdir)
   sp = data.tokenizer
@@ -105,6 +103,10 @@ def train_and_evaluate(
     stream.restore(saved['stream'])
     train_seconds = saved['train_seconds']
     logging.info('Resumed from step %d (%s).', latest, checkpointer.path(latest))
+  if is_chief:
+    # Only once the checkpoint restored: a refused or failed resume leaves
+    # the record of the run that wrote it.
+    run_config.record(config, workdir)
 
   batch_sharding = sharding.batch_sharding(mesh)
   train_fn = jax.jit(
