@@ -3,9 +3,11 @@
 import glob
 import json
 import os
+import struct
 
 import jax.numpy as jnp
 import pytest
+from tensorboardX.proto import event_pb2
 
 from attention_jax import run_records
 from attention_jax import sharding
@@ -16,6 +18,7 @@ from attention_jax.ablation import study as study_lib
 from attention_jax.train import run_config
 from attention_jax.train import trainer
 from attention_jax.train.checkpoint import Checkpointer
+from attention_jax.train.metrics_writer import MetricsWriter
 from experiments.configs import smoke
 
 
@@ -165,3 +168,41 @@ def test_a_damaged_results_json_is_an_unfinished_point(tmp_path, damage):
   assert f'{study.points[1].name}: interrupted' in unfinished
   assert os.path.join(path, 'results.json') in unfinished
   assert 'rerunning the study trains it again' in unfinished
+
+
+def _events(directory):
+  """(step, what) of every event in a tensorboardX event directory."""
+  events = []
+  for name in sorted(os.listdir(directory)):
+    with open(os.path.join(directory, name), 'rb') as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      length, = struct.unpack('<Q', data[offset:offset + 8])
+      event = event_pb2.Event.FromString(
+          data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      events.append((event.step, event.WhichOneof('what')))
+  return events
+
+
+def test_a_resume_forgets_the_metrics_logged_after_its_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  writer = MetricsWriter(workdir, enabled=True)
+  for step in (5, 10):
+    writer.write(step, {'train/target_tokens_per_sec': float(step)})
+  writer.write(10, {'test_bleu': 1.0})
+  writer.close()
+
+  # Killed after step 10 was logged, before its checkpoint: resumed at 5.
+  writer = MetricsWriter(workdir, enabled=True, start_step=5)
+  writer.write(10, {'train/target_tokens_per_sec': 30.0})
+  writer.close()
+  logged = run_records.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  assert logged == [{'step': 5, 'train/target_tokens_per_sec': 5.0},
+                    {'step': 10, 'train/target_tokens_per_sec': 30.0}]
+  # The average throughput counts step 10 once, at its replayed rate.
+  mean_rate = trainer._mean_tokens_per_sec  # pylint: disable=protected-access
+  assert mean_rate(workdir) == 17.5
+  # TensorBoard hides the earlier run's events from step 6 on.
+  assert (6, 'session_log') in _events(os.path.join(workdir, 'tensorboard'))

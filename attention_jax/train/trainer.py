@@ -130,7 +130,7 @@ def train_and_evaluate(
   )
   translator = translator_for(config, cfg, mesh)
   bleu_pairs = data.valid_text[: config.eval.bleu_sentences or None]
-  writer = MetricsWriter(workdir, enabled=is_chief)
+  writer = MetricsWriter(workdir, enabled=is_chief, start_step=int(state.step))
 
   first_batch = sharding.to_global(next(stream), mesh)
   train_fn = train_fn.lower(state, first_batch).compile()
@@ -331,10 +331,14 @@ def _peak_memory() -> dict:
 
 
 def _mean_tokens_per_sec(workdir: str) -> float | None:
-  """Average training throughput over the logged intervals of this workdir."""
-  rates = [
-      r['train/target_tokens_per_sec']
+  """Average training throughput over the logged intervals of this workdir.
+
+  Each step counts once: where a workdir logged a step twice (a resume from
+  an older checkpoint before metrics were trimmed on resume), the last wins.
+  """
+  rates = {
+      r['step']: r['train/target_tokens_per_sec']
       for r in run_records.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
       if 'train/target_tokens_per_sec' in r
-  ]
-  return float(np.mean(rates)) if rates else None
+  }
+  return float(np.mean(list(rates.values()))) if rates else None
