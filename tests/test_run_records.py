@@ -206,3 +206,30 @@ def test_a_resume_forgets_the_metrics_logged_after_its_checkpoint(tmp_path):
   assert mean_rate(workdir) == 17.5
   # TensorBoard hides the earlier run's events from step 6 on.
   assert (6, 'session_log') in _events(os.path.join(workdir, 'tensorboard'))
+
+
+def test_training_on_from_an_older_checkpoint_drops_what_it_replays(
+    tmp_path, data_dir, monkeypatch
+):
+  config = smoke.get_config()
+  config.data.data_dir = data_dir
+  config.num_train_steps = 15
+  config.log_every = config.checkpoint_every = 5
+  config.eval_every = 100
+  workdir = tmp_path / 'run'
+  stop_at = 10
+  monkeypatch.setattr(trainer.preemption.PreemptionWatcher, 'should_stop',
+                      lambda self, step: step == stop_at)
+  assert trainer.train_and_evaluate(config, str(workdir)) is None
+  # As an earlier end at step 10 leaves it (final evaluation skipped here).
+  run_records.write_json(str(workdir / 'results.json'), {'steps': 10})
+
+  # Killed after step 10's save began, before it finished: resumed at 5, to
+  # train on to 15. SIGTERM comes at step 12.
+  checkpoint = workdir / 'checkpoints' / '10'
+  checkpoint.rename(workdir / 'checkpoints' / '10.orbax-checkpoint-tmp-1')
+  stop_at = 12
+  assert trainer.train_and_evaluate(config, str(workdir)) is None
+  assert not (workdir / 'results.json').exists()  # Stale: it was of step 10.
+  logged = run_records.read_jsonl(str(workdir / 'metrics.jsonl'))
+  assert [r['step'] for r in logged] == [5, 10, 12]

@@ -149,6 +149,10 @@ def train_and_evaluate(
   step = int(state.step)
   time_limit = config.max_train_seconds or math.inf
   preempted = False
+  if is_chief and step < config.num_train_steps and train_seconds < time_limit:
+    # Training goes past an earlier end: its results no longer describe the
+    # latest checkpoint (and would mark a study point finished).
+    run_records.remove(os.path.join(workdir, 'results.json'))
   with preemption.PreemptionWatcher() as watcher:
     while step < config.num_train_steps and train_seconds < time_limit:
       state, metrics = train_fn(state, batch)
