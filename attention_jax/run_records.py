@@ -23,10 +23,15 @@ class DamagedRecordError(ValueError):
   """A run record is empty or not JSON; the message names it and the fix."""
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes, path: str) -> None:
   view = memoryview(data)
-  while view:
-    view = view[os.write(fd, view):]
+  try:
+    while view:
+      view = view[os.write(fd, view):]
+  except OSError as e:
+    # os.write names no file: "No space left on device" alone says not where.
+    e.filename = e.filename or path
+    raise
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -36,7 +41,7 @@ def write_bytes(path: str, data: bytes) -> None:
   fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
   try:
     try:
-      _write_all(fd, data)
+      _write_all(fd, data, path)
       # On disk before the rename, or a crash could leave the new name with
       # no content. (The rename itself needs no sync: undone, it leaves the
       # previous whole record.)
@@ -103,7 +108,8 @@ def append_jsonl(path: str, record: dict) -> None:
     _drop_torn_tail(path)
   fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
   try:
-    _write_all(fd, (json.dumps(record, default=str) + '\n').encode('utf-8'))
+    _write_all(fd, (json.dumps(record, default=str) + '\n').encode('utf-8'),
+               path)
   finally:
     os.close(fd)
 

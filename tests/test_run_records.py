@@ -1,5 +1,6 @@
 """Run records: written whole, a damaged one named, each step logged once."""
 
+import errno
 import glob
 import json
 import os
@@ -98,6 +99,30 @@ def test_an_append_killed_midway_is_skipped_then_cut_off(tmp_path,
   run_records.append_jsonl(path, {'outcome': 'done'})
   assert run_records.read_jsonl(path) == [{'outcome': 'failed'},
                                           {'outcome': 'done'}]
+
+
+def test_a_full_disk_keeps_the_previous_record_and_names_the_file(
+    tmp_path, monkeypatch
+):
+  path = str(tmp_path / 'results.json')
+  run_records.write_json(path, {'steps': 10})
+  real_write = os.write
+
+  def write(fd, data):
+    real_write(fd, bytes(data)[:len(data) // 2])
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  with monkeypatch.context() as patch:
+    patch.setattr(os, 'write', write)
+    with pytest.raises(OSError, match='No space left') as error:
+      run_records.write_json(path, {'steps': 20})
+    assert error.value.filename == path
+    log = str(tmp_path / 'metrics.jsonl')
+    with pytest.raises(OSError, match='No space left') as error:
+      run_records.append_jsonl(log, {'step': 1})
+    assert error.value.filename == log
+  assert run_records.read_json(path, '') == {'steps': 10}
+  assert not glob.glob(str(tmp_path / '.*.tmp'))
 
 
 def _checkpointed_workdir(tmp_path, config):
