@@ -76,7 +76,9 @@ def train_and_evaluate(
   if is_chief:
     run_config.record(config, workdir)
   with distributed.chief_first('prepare data'):
-    data = input_pipeline.load(config.data, workdir)
+    data = input_pipeline.load(
+        config.data, workdir,
+        resuming=checkpointer.latest_step() is not None)
   sp = data.tokenizer
   cfg = from_config.transformer_config(config, sp.vocab_size())
   train_model = Transformer(cfg)
