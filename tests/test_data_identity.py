@@ -3,58 +3,20 @@ vocabulary is refused on resume and in translation, naming what changed."""
 
 import json
 import os
-import random
 import shutil
 
 import pytest
+import tiny_corpus
 
 from attention_jax import sharding
 from attention_jax import translate
 from attention_jax.data import data_identity
 from attention_jax.data import input_pipeline
 from attention_jax.train import trainer
-from experiments.configs import parallel_text as parallel_text_config
-from experiments.configs import smoke
-
-_WORDS = ('casa perro gato arbol pajaro rio ciudad jardin viejo joven rapido '
-          'lento rojo verde azul grande pequeno ve encuentra compra').split()
-
-
-def _write_tsv(path, seed: int, count: int = 200) -> None:
-  """`count` toy es<TAB>en lines; another seed gives another corpus."""
-  rng = random.Random(seed)
-  lines = []
-  for index in range(count):
-    words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 7))]
-    lines.append(f'{" ".join(words)} {seed}{index}.\t'
-                 f'{" ".join(w.upper() for w in words)} {seed}{index}.\n')
-  path.write_text(''.join(lines))
-
-
-def _config(tmp_path):
-  os.makedirs(tmp_path, exist_ok=True)
-  config = parallel_text_config.get_config()
-  smoke_config = smoke.get_config()
-  config.model, config.eval = smoke_config.model, smoke_config.eval
-  config.data.vocab_size = 100
-  config.data.max_len = 32
-  config.data.data_dir = str(tmp_path / 'data_dir')
-  for split in ('train', 'validation', 'test'):
-    _write_tsv(tmp_path / f'{split}.tsv', seed=len(split))
-    config.data[split] = str(tmp_path / f'{split}.tsv')
-  config.batch_size = 8
-  config.num_train_steps = 2
-  config.log_every = config.checkpoint_every = config.eval_every = 2
-  config.eval.valid_bleu = False
-  config.eval.final_sentences = 2
-  config.eval.beam_size = 1
-  config.eval.max_decode_len = 8
-  config.eval.decode_batch_size = 8
-  return config
 
 
 def test_resume_on_an_edited_corpus_is_refused_naming_it(tmp_path):
-  config = _config(tmp_path)
+  config = tiny_corpus.config(tmp_path)
   workdir = str(tmp_path / 'run')
   trainer.train_and_evaluate(config, workdir)
   with open(data_identity.path(workdir)) as f:
@@ -65,7 +27,7 @@ def test_resume_on_an_edited_corpus_is_refused_naming_it(tmp_path):
       os.path.join(workdir, 'vocab.model'))
 
   # The training TSV replaced by new content at the same path.
-  _write_tsv(tmp_path / 'train.tsv', seed=99)
+  tiny_corpus.write_tsv(tmp_path / 'train.tsv', seed=99)
   config.num_train_steps = 4
   with pytest.raises(ValueError) as refused:
     trainer.train_and_evaluate(config, workdir)
@@ -79,11 +41,11 @@ def test_resume_on_an_edited_corpus_is_refused_naming_it(tmp_path):
 
 
 def test_resume_refuses_a_swapped_workdir_vocabulary(tmp_path):
-  config = _config(tmp_path)
+  config = tiny_corpus.config(tmp_path)
   workdir = str(tmp_path / 'run')
   input_pipeline.load(config.data, workdir)
-  other = _config(tmp_path / 'other')
-  _write_tsv(tmp_path / 'other' / 'train.tsv', seed=7)
+  other = tiny_corpus.config(tmp_path / 'other')
+  tiny_corpus.write_tsv(tmp_path / 'other' / 'train.tsv', seed=7)
   input_pipeline.load(other.data, str(tmp_path / 'other_run'))
   shutil.copyfile(tmp_path / 'other_run' / 'vocab.model',
                   os.path.join(workdir, 'vocab.model'))
@@ -93,7 +55,7 @@ def test_resume_refuses_a_swapped_workdir_vocabulary(tmp_path):
 
 
 def test_resume_uses_the_workdir_vocabulary_not_the_data_dir_one(tmp_path):
-  config = _config(tmp_path)
+  config = tiny_corpus.config(tmp_path)
   workdir = str(tmp_path / 'run')
   first = input_pipeline.load(config.data, workdir)
   # data_dir may move on resume: the workdir's vocabulary is the one used.
@@ -105,27 +67,27 @@ def test_resume_uses_the_workdir_vocabulary_not_the_data_dir_one(tmp_path):
 
 
 def test_resume_of_a_workdir_without_record_checks_its_vocabulary(tmp_path):
-  config = _config(tmp_path)
+  config = tiny_corpus.config(tmp_path)
   workdir = str(tmp_path / 'run')
   input_pipeline.load(config.data, workdir)
   os.remove(data_identity.path(workdir))
   input_pipeline.load(config.data, workdir, resuming=True)
   assert data_identity.read(workdir) is not None  # Recorded now.
   os.remove(data_identity.path(workdir))
-  _write_tsv(tmp_path / 'train.tsv', seed=99)
+  tiny_corpus.write_tsv(tmp_path / 'train.tsv', seed=99)
   with pytest.raises(ValueError, match='differs from the vocabulary of the '
                      'configured corpus'):
     input_pipeline.load(config.data, workdir, resuming=True)
 
 
 def test_translate_refuses_a_vocabulary_other_than_the_recorded_one(tmp_path):
-  config = _config(tmp_path)
+  config = tiny_corpus.config(tmp_path)
   workdir = str(tmp_path / 'run')
   trainer.train_and_evaluate(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
   translate.load_params(workdir, mesh)
-  other = _config(tmp_path / 'other')
-  _write_tsv(tmp_path / 'other' / 'train.tsv', seed=7)
+  other = tiny_corpus.config(tmp_path / 'other')
+  tiny_corpus.write_tsv(tmp_path / 'other' / 'train.tsv', seed=7)
   input_pipeline.load(other.data, str(tmp_path / 'other_run'))
   shutil.copyfile(tmp_path / 'other_run' / 'vocab.model',
                   os.path.join(workdir, 'vocab.model'))

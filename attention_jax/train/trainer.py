@@ -303,6 +303,9 @@ def _final_evaluation(config, workdir, params, data, translator, eval_fn,
     results[f'{split}_bleu'] = score
     results[f'{split}_decode_seconds'] = seconds
     results[f'{split}_decode_tokens_per_sec'] = pieces / seconds
+    # Sources cut to the model's max_len before decoding (see Translator).
+    results[f'{split}_truncated_sources'] = translator.count_truncated(
+        data.tokenizer, [s for s, _ in pairs])
     if jax.process_index() == 0:
       with open(os.path.join(out_dir, f'{split}.txt'), 'w') as f:
         f.writelines(h + '\n' for h in hypotheses)
