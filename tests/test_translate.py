@@ -93,5 +93,5 @@ def test_blank_lines_stay_blank_and_truncation_is_counted(tmp_path):
   assert result.returncode == 0, result.stderr
   assert result.stdout.split('\n')[:-1] == [
       '', alone[0], '', alone[1], '', alone[2], '']
-  assert ('Truncated 1 of 7 source sentences longer than max_len=32 tokens'
-          in result.stderr)
+  assert ("Truncated 1 of 7 source sentences longer than the model's "
+          'max_len=32 tokens' in result.stderr)

@@ -100,9 +100,10 @@ class Translator:
     truncated = sum(len(ids) > self._max_len for ids in sources)
     if truncated:
       logging.warning(
-          'Truncated %d of %d source sentences longer than max_len=%d tokens '
-          '(config.data.max_len, EOS included) to their first %d tokens; '
-          'their translations cover only that part.',
+          'Truncated %d of %d source sentences longer than the model\'s '
+          'max_len=%d tokens (EOS included; the larger of config.data.max_len '
+          'and config.eval.max_decode_len) to their first %d tokens; their '
+          'translations cover only that part.',
           truncated, len(sentences), self._max_len, self._max_len - 1,
       )
     rows = sharding.process_rows(self._mesh, self._batch_size)
