@@ -219,7 +219,7 @@ def test_every_numeric_field_of_bible_has_a_range():
   numeric = {name for name, value in flat.items()
              if isinstance(value, (int, float)) and not isinstance(value, bool)}
   assert numeric == set(config_check.RANGES)
-  assert config_check.RANGES['eval.beam_size'].__str__() == 'an integer >= 1'
+  assert str(config_check.RANGES['eval.beam_size']) == 'an integer >= 1'
   assert str(config_check.RANGES['mesh.data']) == (
       'an integer >= 1, or -1 (the rest of the devices)')
   assert str(config_check.RANGES['model.dropout_rate']) == (

@@ -9,7 +9,6 @@ as pre-Hopper, the stricter limits) and the kernel itself, which runs JAX's
 with the XLA implementation.
 """
 
-import flax.linen as nn
 import jax
 from jax._src.cudnn import fused_attention_stablehlo as cudnn
 import jax.numpy as jnp
@@ -124,10 +123,6 @@ def test_beam_search_translation_passes_the_cudnn_checks(cudnn_calls,
   assert best.shape == (2, 8)
   # The encoder ran on cuDNN; the one-token decode steps fall back.
   assert [q[1] for q, _, _ in cudnn_calls] == [16]
-  reference = jax.jit(lambda p, x: translator.predict(
-      p, x, cfg=cfg.replace(implementation='xla'), beam_size=2, alpha=0.6,
-      max_decode_len=8))(params, inputs)
-  assert best.shape == reference.shape
 
 
 @pytest.mark.parametrize('q_len, kv_len', [(8, 6), (1, 8), (7, 8), (8, 7)])
