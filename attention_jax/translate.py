@@ -14,6 +14,7 @@ import ml_collections
 import sentencepiece as spm
 
 from attention_jax import sharding
+from attention_jax.data import data_identity
 from attention_jax.decode.translator import translator_for
 from attention_jax.model import from_config
 from attention_jax.model.config import TransformerConfig
@@ -46,6 +47,8 @@ def load_params(workdir: str, mesh: Mesh):
       )
   config = ml_collections.ConfigDict(run_config.load(workdir))
   from_config.check_not_legacy(config.model, config_path)
+  # The vocabulary the checkpoint was trained with, nothing else.
+  data_identity.check_vocabulary(workdir)
   sp = spm.SentencePieceProcessor(model_file=vocab_path)
   cfg = from_config.transformer_config(config, sp.vocab_size())
   checkpointer = Checkpointer(workdir, config.keep_checkpoints)

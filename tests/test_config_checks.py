@@ -1,15 +1,23 @@
 """Undefined combinations are refused before anything is compiled, naming the
 field and the valid choices; what is refused follows from the registries."""
 
+import glob
+import importlib
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from attention_jax import attention
+from attention_jax.ablation import study
 from attention_jax.attention import frame
 from attention_jax.attention import positions
 from attention_jax.train import config_check
+from experiments.configs import bible
 from experiments.configs import smoke
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NAMES = attention.names()
 CAUSAL = [n for n in NAMES if attention.get(n).capabilities.causal]
@@ -143,3 +151,104 @@ def test_fused_kernel_no_mechanism_in_use_has_is_refused(kernel):
 def test_bad_settings_name_the_field(model, message):
   with pytest.raises(ValueError, match=message):
     config_check.check_config(_config(**model))
+
+
+# One nonsense value per field of config_check.RANGES (and of the types it
+# refuses), each of which used to pass the check.
+_OUT_OF_RANGE = [
+    ('seed', -1), ('seed', 2**32),
+    ('data.vocab_size', 3), ('data.max_len', 1), ('data.max_len', 0),
+    ('model.emb_dim', 0), ('model.num_heads', 0), ('model.num_heads', -4),
+    ('model.num_kv_heads', -1), ('model.num_encoder_layers', 0),
+    ('model.num_decoder_layers', 0), ('model.qkv_dim', 0),
+    ('model.mlp_dim', 0), ('model.dropout_rate', 1.0),
+    ('model.dropout_rate', -0.1), ('model.attention_dropout_rate', 1.5),
+    ('model.dropout_rate', float('nan')),
+    ('optimizer.learning_rate', 0.0), ('optimizer.learning_rate', -1e-3),
+    ('optimizer.learning_rate', float('inf')),
+    ('optimizer.warmup_steps', -1), ('optimizer.beta1', 1.0),
+    ('optimizer.beta2', -0.5), ('optimizer.eps', -1e-9),
+    ('optimizer.weight_decay', -0.1), ('optimizer.grad_clip_norm', 0.0),
+    ('label_smoothing', 1.0), ('label_smoothing', -0.1),
+    ('batch_size', 0), ('micro_batches', 0), ('mesh.data', 0),
+    ('mesh.fsdp', -2), ('num_train_steps', 0), ('max_train_seconds', -1),
+    ('log_every', 0), ('eval_every', 0), ('checkpoint_every', -5),
+    ('keep_checkpoints', 0), ('eval.beam_size', 0), ('eval.beam_size', -1),
+    ('eval.length_penalty', -0.6), ('eval.max_decode_len', 0),
+    ('eval.decode_batch_size', 0), ('eval.bleu_sentences', -1),
+    ('eval.final_sentences', -1),
+]
+
+
+def _with(name: str, value):
+  config = smoke.get_config()
+  group, _, field = name.rpartition('.')
+  parent = config[group] if group else config
+  with parent.ignore_type():
+    parent[field] = value
+  return config
+
+
+@pytest.mark.parametrize('name, value', _OUT_OF_RANGE)
+def test_out_of_range_values_are_refused_naming_field_and_range(name, value):
+  message = _refusal(_with(name, value))
+  assert message.startswith(f'config.{name}={value!r} is out of range; it '
+                            f'must be {config_check.RANGES[name]}.')
+
+
+@pytest.mark.parametrize('name, value', [
+    ('eval.beam_size', True), ('batch_size', 16.0), ('model.num_heads', '4'),
+])
+def test_values_of_the_wrong_type_are_refused(name, value):
+  assert f'config.{name}={value!r} is out of range' in _refusal(
+      _with(name, value))
+
+
+def test_every_numeric_field_of_bible_has_a_range():
+  flat = {}
+
+  def walk(tree, prefix=''):
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        if key not in ('options', 'position_options', 'rules'):
+          walk(value, f'{prefix}{key}.')
+      else:
+        flat[f'{prefix}{key}'] = value
+
+  walk(bible.get_config().to_dict())
+  numeric = {name for name, value in flat.items()
+             if isinstance(value, (int, float)) and not isinstance(value, bool)}
+  assert numeric == set(config_check.RANGES)
+  assert str(config_check.RANGES['eval.beam_size']) == 'an integer >= 1'
+  assert str(config_check.RANGES['mesh.data']) == (
+      'an integer >= 1, or -1 (the rest of the devices)')
+  assert str(config_check.RANGES['model.dropout_rate']) == (
+      'a number in [0, 1)')
+
+
+def _shipped_configs():
+  for path in sorted(glob.glob(os.path.join(_REPO, 'experiments', 'configs',
+                                            '*.py'))
+                     + sorted(glob.glob(os.path.join(
+                         _REPO, 'experiments', 'ablations', '*.py')))):
+    if os.path.basename(path) == '__init__.py':
+      continue
+    module = importlib.import_module(
+        os.path.relpath(path, _REPO)[:-3].replace(os.sep, '.'))
+    if not hasattr(module, 'get_config'):
+      continue
+    yield path, module.get_config()
+    loaded = study.load_if_study(path)
+    for point in loaded.points if loaded else ():
+      yield f'{path} {point.name}', loaded.point_config(point)
+
+
+def test_shipped_configs_and_sweep_points_are_in_range():
+  checked = 0
+  for where, config in _shipped_configs():
+    try:
+      config_check.check_ranges(config)
+    except ValueError as e:
+      raise AssertionError(f'{where}: {e}') from None
+    checked += 1
+  assert checked > 10

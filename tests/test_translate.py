@@ -1,5 +1,6 @@
 """--mode=translate: parameters alone, restored as training left them."""
 
+import json
 import os
 import subprocess
 import sys
@@ -7,10 +8,12 @@ import sys
 import jax
 import numpy as np
 import smoke_runs
+import tiny_corpus
 
 from attention_jax import sharding
 from attention_jax import translate
 from attention_jax.data import input_pipeline
+from attention_jax.decode.translator import translator_for
 from attention_jax.model.transformer import Transformer
 from attention_jax.train import optim
 from attention_jax.train import train_state
@@ -61,3 +64,34 @@ def test_translate_restores_the_trained_parameters_and_translations(
   assert result.returncode == 0, result.stderr
   with open(os.path.join(workdir, 'translations', 'test.txt')) as f:
     assert result.stdout == f.read()
+
+
+def test_blank_lines_stay_blank_and_truncation_is_counted(tmp_path):
+  """CLI and results.json: blank in, blank out; cut sources are counted."""
+  config = tiny_corpus.config(tmp_path)
+  long_source = ' '.join(['casa perro gato'] * 30)
+  tiny_corpus.write_tsv(tmp_path / 'test.tsv', seed=4, count=3,
+                        extra=[(long_source, 'HOUSE')])
+  config.eval.final_sentences = 0
+  workdir = str(tmp_path / 'run')
+  results = trainer.train_and_evaluate(config, workdir)
+  assert results['test_truncated_sources'] == 1
+  with open(os.path.join(workdir, 'results.json')) as f:
+    assert json.load(f)['test_truncated_sources'] == 1
+
+  mesh = sharding.make_mesh(config.mesh)
+  _, cfg, sp, params = translate.load_params(workdir, mesh)
+  translator = translator_for(config, cfg, mesh)
+  sources = ['casa perro', 'rio verde grande', long_source]
+  alone = translator.translate(params, sp, sources)
+  lines = ['', sources[0], '   ', sources[1], '\t', sources[2], '']
+  result = subprocess.run(
+      [sys.executable, 'launch.py', '--mode=translate', f'--workdir={workdir}'],
+      input=''.join(line + '\n' for line in lines), capture_output=True,
+      text=True, check=False, cwd=smoke_runs.REPO,
+  )
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split('\n')[:-1] == [
+      '', alone[0], '', alone[1], '', alone[2], '']
+  assert ("Truncated 1 of 7 source sentences longer than the model's "
+          'max_len=32 tokens' in result.stderr)

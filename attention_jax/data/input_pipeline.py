@@ -11,6 +11,7 @@ import sentencepiece as spm
 
 from attention_jax.data import cleaning
 from attention_jax.data import corpora
+from attention_jax.data import data_identity
 from attention_jax.data import tokenizer
 
 Pair = tuple[np.ndarray, np.ndarray]
@@ -74,33 +75,41 @@ def clean_splits(
   return splits
 
 
-def load(data_config: ml_collections.ConfigDict, workdir: str) -> TranslationData:
+def load(data_config: ml_collections.ConfigDict, workdir: str, *,
+         resuming: bool = False) -> TranslationData:
   """Prepares the dataset and vocabulary if needed, and tokenises the splits.
 
   Corrupt pairs are skipped first (see cleaning.py), so that they reach
   neither the vocabulary trainer nor BLEU. The vocabulary is trained on the
   training split only, stored beside the prepared dataset for reuse by later
   runs, and copied into the workdir so that translation needs nothing but the
-  workdir.
+  workdir; data_identity.py records which corpus and vocabulary that is.
+
+  Args:
+    data_config: `config.data`.
+    workdir: the run's directory.
+    resuming: the workdir holds a checkpoint, whose token ids are those of
+      the workdir's vocab.model: the corpus must be the recorded one, and
+      that vocabulary is used.
+
+  Raises:
+    ValueError: resuming on another corpus or with another vocabulary than
+      the workdir records, naming what changed and the fix.
   """
   data_dir = os.path.expanduser(data_config.data_dir)
+  corpus = corpora.vocab_key(data_config)
+  workdir_vocab = data_identity.vocab_path(workdir)
+  if resuming:
+    data_identity.check_corpus(workdir, corpus)
   splits = clean_splits(corpora.load_splits(data_config, data_dir),
                         data_config.max_len)
-  vocab_path = os.path.join(
-      data_dir,
-      'vocab',
-      f'{corpora.vocab_key(data_config)}_{data_config.vocab_size}.model',
-  )
-  sp = tokenizer.train_or_load(
-      (text for pair in splits['train'] for text in pair),
-      data_config.vocab_size,
-      vocab_path,
-  )
-  workdir_vocab = os.path.join(workdir, 'vocab.model')
-  if not os.path.exists(workdir_vocab):
-    os.makedirs(workdir, exist_ok=True)
-    shutil.copyfile(vocab_path, workdir_vocab + '.tmp')
-    os.replace(workdir_vocab + '.tmp', workdir_vocab)
+  if (resuming and data_identity.read(workdir) is not None
+      and os.path.exists(workdir_vocab)):
+    data_identity.check_vocabulary(workdir)
+    sp = spm.SentencePieceProcessor(model_file=workdir_vocab)
+  else:
+    sp = _prepare_vocabulary(data_config, data_dir, splits['train'], corpus,
+                             workdir, resuming)
   return TranslationData(
       tokenizer=sp,
       train=tokenize_pairs(sp, splits['train'], data_config.max_len),
@@ -108,3 +117,34 @@ def load(data_config: ml_collections.ConfigDict, workdir: str) -> TranslationDat
       valid_text=splits['validation'],
       test_text=splits['test'],
   )
+
+
+def _prepare_vocabulary(data_config, data_dir, train_pairs, corpus, workdir,
+                        resuming) -> spm.SentencePieceProcessor:
+  """Trains or loads the corpus's vocabulary; copies and records it."""
+  vocab_path = os.path.join(
+      data_dir, 'vocab', f'{corpus}_{data_config.vocab_size}.model'
+  )
+  sp = tokenizer.train_or_load(
+      (text for pair in train_pairs for text in pair),
+      data_config.vocab_size,
+      vocab_path,
+  )
+  workdir_vocab = data_identity.vocab_path(workdir)
+  if (not os.path.exists(workdir_vocab) or data_identity.file_sha256(
+      workdir_vocab) != data_identity.file_sha256(vocab_path)):
+    if resuming and os.path.exists(workdir_vocab):
+      # A workdir from before data.json: its checkpoint's ids are those of
+      # its own vocab.model, which the corpus no longer gives.
+      raise ValueError(
+          f'{workdir_vocab}, the vocabulary of the checkpoint in {workdir}, '
+          f'differs from the vocabulary of the configured corpus '
+          f'({vocab_path}): the corpus or its vocabulary changed since the '
+          'checkpoint was written. Put the original training files back to '
+          'resume, or train in a new --workdir.'
+      )
+    os.makedirs(workdir, exist_ok=True)
+    shutil.copyfile(vocab_path, workdir_vocab + '.tmp')
+    os.replace(workdir_vocab + '.tmp', workdir_vocab)
+  data_identity.write(workdir, corpus)
+  return sp

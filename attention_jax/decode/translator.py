@@ -2,6 +2,8 @@
 
 from typing import Sequence
 
+from absl import logging
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
@@ -85,12 +87,25 @@ class Translator:
 
   def translate(self, params, sp: spm.SentencePieceProcessor,
                 sentences: Sequence[str]) -> list[str]:
-    """Translations of `sentences`, in their order."""
-    sources = [
-        np.asarray(ids + [tokenizer.EOS_ID], np.int32)
-        for ids in sp.encode(list(sentences))
-    ]
-    outputs = [''] * len(sources)
+    """Translations of `sentences`, in their order.
+
+    A blank (empty or whitespace-only) sentence translates to an empty line
+    without reaching the model. A source longer than the model's max_len
+    tokens (EOS included) is cut to its first max_len - 1 tokens and EOS; a
+    warning counts them (see `count_truncated`).
+    """
+    outputs = [''] * len(sentences)
+    kept = [i for i, sentence in enumerate(sentences) if sentence.strip()]
+    sources = _encode(sp, [sentences[i] for i in kept])
+    truncated = sum(len(ids) > self._max_len for ids in sources)
+    if truncated:
+      logging.warning(
+          'Truncated %d of %d source sentences longer than the model\'s '
+          'max_len=%d tokens (EOS included; the larger of config.data.max_len '
+          'and config.eval.max_decode_len) to their first %d tokens; their '
+          'translations cover only that part.',
+          truncated, len(sentences), self._max_len, self._max_len - 1,
+      )
     rows = sharding.process_rows(self._mesh, self._batch_size)
     for indices, tokens in batches.source_batches(
         sources, self._batch_size, self._max_len
@@ -99,8 +114,21 @@ class Translator:
       # Replicated output: every process reads the whole batch locally.
       best = np.asarray(self._predict(params, inputs))
       for row, index in enumerate(indices):
-        outputs[index] = ids_to_text(sp, best[row])
+        outputs[kept[index]] = ids_to_text(sp, best[row])
     return outputs
+
+  def count_truncated(self, sp: spm.SentencePieceProcessor,
+                      sentences: Sequence[str]) -> int:
+    """How many of `sentences` `translate` cuts to the model's max_len."""
+    return sum(len(ids) > self._max_len for ids in _encode(sp, sentences))
+
+
+def _encode(sp: spm.SentencePieceProcessor,
+            sentences: Sequence[str]) -> list[np.ndarray]:
+  return [
+      np.asarray(ids + [tokenizer.EOS_ID], np.int32)
+      for ids in sp.encode(list(sentences))
+  ]
 
 
 def translator_for(config: ml_collections.ConfigDict, cfg: TransformerConfig,

@@ -5,6 +5,9 @@ position-scheme requirements are read from their declared capabilities
 (attention/base.py), never from lists kept here.
 """
 
+import dataclasses
+import math
+
 import jax
 import ml_collections
 
@@ -18,8 +21,128 @@ from attention_jax.model import from_config
 from attention_jax.model.config import PLACES
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """The values a numeric field accepts: a type, bounds and special values.
+
+  Attributes:
+    kind: int (bool refused) or float (int accepted, NaN and inf refused).
+    low, high: bounds, None for unbounded.
+    low_open, high_open: that bound itself is excluded.
+    special: values outside the bounds that mean something, with what.
+  """
+
+  kind: type
+  low: float | None = None
+  high: float | None = None
+  low_open: bool = False
+  high_open: bool = False
+  special: tuple[tuple[int, str], ...] = ()
+
+  def accepts(self, value) -> bool:
+    if isinstance(value, bool) or not isinstance(
+        value, (int,) if self.kind is int else (int, float)):
+      return False
+    if any(value == v for v, _ in self.special):
+      return True
+    if not math.isfinite(value):
+      return False
+    if self.low is not None and (
+        value < self.low or (self.low_open and value == self.low)):
+      return False
+    if self.high is not None and (
+        value > self.high or (self.high_open and value == self.high)):
+      return False
+    return True
+
+  def __str__(self) -> str:
+    noun = 'an integer' if self.kind is int else 'a number'
+    if self.low is not None and self.high is not None:
+      bounds = (f'in {"(" if self.low_open else "["}{self.low}, {self.high}'
+                f'{")" if self.high_open else "]"}')
+    elif self.low is not None:
+      bounds = f'{">" if self.low_open else ">="} {self.low}'
+    else:
+      bounds = f'{"<" if self.high_open else "<="} {self.high}'
+    specials = ''.join(f', or {v} ({meaning})' for v, meaning in self.special)
+    return f'{noun} {bounds}{specials}'
+
+
+_COUNT = Range(int, 1)
+_NON_NEGATIVE_INT = Range(int, 0)
+_POSITIVE = Range(float, 0, low_open=True)
+_PROBABILITY = Range(float, 0, 1, high_open=True)
+_REST_OF_DEVICES = Range(int, 1, special=((-1, 'the rest of the devices'),))
+
+# Every numeric field of an experiment config (experiments/configs/bible.py)
+# and the values it accepts. Enumerated fields (dataset, mechanisms, position
+# scheme, implementation, dtype, mesh rules) and the mechanisms' own options
+# are checked by their registries below; bool fields by ConfigDict's types.
+RANGES: dict[str, Range] = {
+    'seed': Range(int, 0, 2**32 - 1),
+    # Padding, EOS and unknown are pieces too.
+    'data.vocab_size': Range(int, 4),
+    # One piece and EOS.
+    'data.max_len': Range(int, 2),
+    'model.emb_dim': _COUNT,
+    'model.num_heads': _COUNT,
+    'model.num_kv_heads': _NON_NEGATIVE_INT,
+    'model.num_encoder_layers': _COUNT,
+    'model.num_decoder_layers': _COUNT,
+    'model.qkv_dim': _COUNT,
+    'model.mlp_dim': _COUNT,
+    'model.dropout_rate': _PROBABILITY,
+    'model.attention_dropout_rate': _PROBABILITY,
+    'optimizer.learning_rate': _POSITIVE,
+    'optimizer.warmup_steps': _NON_NEGATIVE_INT,
+    'optimizer.beta1': _PROBABILITY,
+    'optimizer.beta2': _PROBABILITY,
+    'optimizer.eps': Range(float, 0),
+    'optimizer.weight_decay': Range(float, 0),
+    'optimizer.grad_clip_norm': _POSITIVE,
+    'label_smoothing': _PROBABILITY,
+    'batch_size': _COUNT,
+    'micro_batches': _COUNT,
+    'mesh.data': _REST_OF_DEVICES,
+    'mesh.fsdp': _REST_OF_DEVICES,
+    'num_train_steps': _COUNT,
+    # 0: no time limit.
+    'max_train_seconds': Range(float, 0),
+    'log_every': _COUNT,
+    'eval_every': _COUNT,
+    'checkpoint_every': _COUNT,
+    'keep_checkpoints': _COUNT,
+    'eval.beam_size': _COUNT,
+    'eval.length_penalty': Range(float, 0),
+    'eval.max_decode_len': _COUNT,
+    'eval.decode_batch_size': _COUNT,
+    # 0: all of them.
+    'eval.bleu_sentences': _NON_NEGATIVE_INT,
+    'eval.final_sentences': _NON_NEGATIVE_INT,
+}
+
+
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+  """Refuses a value of a RANGES field outside its range, naming both.
+
+  A field the config lacks is skipped (configs of other experiments may have
+  fewer).
+  """
+  for name, valid in RANGES.items():
+    group, _, field = name.rpartition('.')
+    parent = config.get(group) if group else config
+    if parent is None or field not in parent:
+      continue
+    value = parent[field]
+    if not valid.accepts(value):
+      raise ValueError(
+          f'config.{name}={value!r} is out of range; it must be {valid}.'
+      )
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the offending field and how to fix it."""
+  check_ranges(config)
   corpora.check_dataset(config.data)
   model = config.model
   from_config.check_not_legacy(model, 'This config')
@@ -44,10 +167,6 @@ def _check_parallelism(config: ml_collections.ConfigDict) -> None:
   devices = jax.device_count()
   sharding.mesh_shape(config.mesh, devices)
   sharding.logical_rules(config.mesh)
-  if config.micro_batches < 1:
-    raise ValueError(
-        f'config.micro_batches={config.micro_batches} must be at least 1.'
-    )
   rows_per_slice = devices * config.micro_batches
   if config.batch_size % rows_per_slice:
     raise ValueError(
@@ -110,7 +229,7 @@ def _check_attention(model: ml_collections.ConfigDict) -> None:
       ) from None
   _check_implementation(model)
   kv_heads = model.num_kv_heads
-  if kv_heads < 0 or (kv_heads and model.num_heads % kv_heads):
+  if kv_heads and model.num_heads % kv_heads:
     raise ValueError(
         f'config.model.num_kv_heads={kv_heads} must divide '
         f'config.model.num_heads={model.num_heads} (0 means num_heads, 1 is '

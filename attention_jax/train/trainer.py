@@ -74,7 +74,9 @@ def train_and_evaluate(
   if checkpointer.latest_step() is not None:
     run_config.check_resumable(config, workdir)
   with distributed.chief_first('prepare data'):
-    data = input_pipeline.load(config.data, workdir)
+    data = input_pipeline.load(
+        config.data, workdir,
+        resuming=checkpointer.latest_step() is not None)
   sp = data.tokenizer
   cfg = from_config.transformer_config(config, sp.vocab_size())
   train_model = Transformer(cfg)
@@ -306,6 +308,9 @@ def _final_evaluation(config, workdir, params, data, translator, eval_fn,
     results[f'{split}_bleu'] = score
     results[f'{split}_decode_seconds'] = seconds
     results[f'{split}_decode_tokens_per_sec'] = pieces / seconds
+    # Sources cut to the model's max_len before decoding (see Translator).
+    results[f'{split}_truncated_sources'] = translator.count_truncated(
+        data.tokenizer, [s for s, _ in pairs])
     if jax.process_index() == 0:
       run_records.write_text(os.path.join(out_dir, f'{split}.txt'),
                          ''.join(h + '\n' for h in hypotheses))
