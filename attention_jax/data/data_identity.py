@@ -9,8 +9,9 @@ refused; translation checks the vocabulary against the record too.
 """
 
 import hashlib
-import json
 import os
+
+from attention_jax import run_records
 
 FILE_NAME = 'data.json'
 VOCAB_NAME = 'vocab.model'
@@ -37,27 +38,21 @@ def read(workdir: str) -> dict | None:
   """
   if not os.path.exists(path(workdir)):
     return None
-  try:
-    with open(path(workdir)) as f:
-      record = json.load(f)
-    if not isinstance(record, dict):
-      raise ValueError('not a JSON object')
-  except ValueError as e:
-    raise ValueError(
-        f'{path(workdir)} is damaged ({e}); it records which corpus and '
-        f'vocabulary the checkpoint was trained with. Restore it from a '
-        f'backup, or train in a new --workdir.'
-    ) from None
+  record = run_records.read_json(
+      path(workdir),
+      'It records which corpus and vocabulary the checkpoint was trained '
+      'with: restore it from a backup, or train in a new --workdir.')
+  if not isinstance(record, dict):
+    raise run_records.DamagedRecordError(
+        f'{path(workdir)} is damaged (not a JSON object); restore it from a '
+        'backup, or train in a new --workdir.')
   return record
 
 
 def write(workdir: str, corpus: str) -> None:
   """Records `corpus` and the hash of the workdir's vocab.model, atomically."""
-  record = {'corpus': corpus, 'vocab_sha256': file_sha256(vocab_path(workdir))}
-  temporary = f'{path(workdir)}.{os.getpid()}.tmp'
-  with open(temporary, 'w') as f:
-    json.dump(record, f, indent=2)
-  os.replace(temporary, path(workdir))
+  run_records.write_json(path(workdir), {
+      'corpus': corpus, 'vocab_sha256': file_sha256(vocab_path(workdir))})
 
 
 def check_vocabulary(workdir: str) -> None:
