@@ -100,8 +100,9 @@ def train_and_evaluate(
       data.train, config.batch_size, config.data.max_len, config.seed, rows
   )
   train_seconds = 0.0
-  if (latest := checkpointer.latest_step()) is not None:
-    state, saved = checkpointer.restore(latest, state, state_shardings)
+  restored = checkpointer.restore_latest(state, state_shardings)
+  if restored is not None:
+    latest, state, saved = restored
     stream.restore(saved['stream'])
     train_seconds = saved['train_seconds']
     logging.info('Resumed from step %d (%s).', latest, checkpointer.path(latest))
