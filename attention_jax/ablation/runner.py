@@ -33,6 +33,7 @@ from absl import logging
 import ml_collections
 
 from attention_jax.ablation import study as study_lib
+from attention_jax.train import workdir_lock
 
 DONE, FAILED, INTERRUPTED, PENDING = 'done', 'failed', 'interrupted', 'pending'
 LAUNCH = os.path.join(
@@ -240,7 +241,16 @@ def run_study(study: study_lib.Study, workdir: str, config_args: list[str],
 
   Returns:
     False when stopped by a signal before the last point (rerun to go on).
+
+  Raises:
+    workdir_lock.WorkdirInUseError: when another study runs in `workdir`.
   """
+  with workdir_lock.hold(workdir, '.lock.study'):
+    return _run_points(study, workdir, config_args, equal_time, reuse_from)
+
+
+def _run_points(study, workdir, config_args, equal_time, reuse_from) -> bool:
+  """`run_study`, with the workdir locked."""
   write_manifest(study, workdir, config_args, equal_time)
   forwarder = _Forwarder()
   previous = {s: signal.signal(s, forwarder)

@@ -27,6 +27,7 @@ from attention_jax.train import preemption
 from attention_jax.train import run_config
 from attention_jax.train import steps
 from attention_jax.train import train_state
+from attention_jax.train import workdir_lock
 from attention_jax.train.checkpoint import Checkpointer
 from attention_jax.train.metrics_writer import MetricsWriter
 
@@ -64,7 +65,18 @@ def train_and_evaluate(
   Returns:
     The results also written to `workdir/results.json`, or None when
     preempted before the end.
+
+  Raises:
+    workdir_lock.WorkdirInUseError: when another live run uses `workdir`.
   """
+  lock = f'.lock.process_{jax.process_index()}'
+  with workdir_lock.hold(workdir, lock):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict | None:
   config_check.check_config(config)
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
