@@ -1,4 +1,5 @@
-"""Real training processes preempted (SIGTERM) or killed (SIGKILL), resumed.
+"""Real training processes preempted (SIGTERM), interrupted (SIGINT) or
+killed (SIGKILL), resumed.
 
 Each run is `launch.py` on the smoke config in a subprocess with 8 simulated
 devices, as many as the in-process reference run that is never interrupted,
@@ -87,21 +88,25 @@ def _assert_matches_reference(workdir, reference, after_step):
     assert losses[step] == pytest.approx(reference[step], abs=1e-5), step
 
 
-def test_sigterm_checkpoints_the_step_exits_cleanly_and_resumes(
-    launch, reference_losses, tmp_path
+@pytest.mark.parametrize('signum, reason', [
+    (signal.SIGTERM, 'Preempted (SIGTERM)'),
+    (signal.SIGINT, 'Interrupted (SIGINT)'),
+])
+def test_signal_checkpoints_the_step_exits_cleanly_and_resumes(
+    launch, reference_losses, tmp_path, signum, reason
 ):
   workdir, log = tmp_path / 'run', tmp_path / 'run.log'
   extra = ('--config.checkpoint_every=1000',)
   process = launch(workdir, log, extra=extra)
   _wait_until(process, lambda: _has_logged(workdir), 'the first log step')
-  process.send_signal(signal.SIGTERM)
+  process.send_signal(signum)
   assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
 
   stopped = max(_losses(workdir))
   assert stopped < _OVERRIDES['num_train_steps']
   assert _steps(workdir / 'checkpoints') == [stopped]
   assert (
-      f'Preempted (SIGTERM) at step {stopped}; saved checkpoint '
+      f'{reason} at step {stopped}; saved checkpoint '
       f'{workdir / "checkpoints" / str(stopped)}. Rerun the same command'
   ) in log.read_text()
   assert not (workdir / 'results.json').exists()
@@ -187,3 +192,68 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(
   assert len(stopped) == 1 and stopped[0] < 400, stopped
   for output in outputs:
     assert f'Preempted (SIGTERM) at step {stopped[0]};' in output
+
+
+_ONE_POINT_STUDY = '''\
+"""One point, long enough to be interrupted while it trains."""
+from attention_jax.ablation import study
+from experiments.configs import smoke
+BASELINE = 'heads=4'
+
+
+def get_config(arg=None):
+  config = smoke.get_config(arg)
+  config.num_train_steps = 60
+  config.max_train_seconds = 0
+  config.log_every = 1
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
+  config.eval.valid_bleu = False
+  config.eval.final_sentences = 8
+  config.eval.max_decode_len = 16
+  return config
+
+
+def sweep():
+  return study.grid({'heads': ('model.num_heads', (4,))}, seeds=(0,))
+'''
+
+
+def test_ctrl_c_in_a_study_saves_the_point_which_then_resumes(
+    data_dir, tmp_path
+):
+  study_file = tmp_path / 'one_point.py'
+  study_file.write_text(_ONE_POINT_STUDY)
+  workdir = tmp_path / 'study'
+  point = workdir / 'points' / 'heads=4' / 'seed=0'
+  flags = [f'--config={study_file}', f'--workdir={workdir}',
+           f'--config.data.data_dir={data_dir}']
+  log_path = tmp_path / 'study.log'
+  with open(log_path, 'w') as log:
+    # A terminal of its own: Ctrl-C reaches the study and its point.
+    study = smoke_runs.launch(flags, log, start_new_session=True)
+  try:
+    _wait_until(study, lambda: _has_logged(point), 'the point\'s first step')
+    os.killpg(study.pid, signal.SIGINT)
+    assert study.wait(timeout=300) == 0, log_path.read_text()[-3000:]
+  finally:
+    if study.poll() is None:
+      os.killpg(study.pid, signal.SIGKILL)
+  output = log_path.read_text()
+  assert 'heads=4/seed=0: interrupted after' in output, output[-3000:]
+  assert 'FAILED' not in output
+  assert not (point / 'error.json').exists()
+  stopped = max(_losses(point))
+  assert stopped < 60
+  assert _steps(point / 'checkpoints') == [stopped]
+  assert f'Interrupted (SIGINT) at step {stopped};' in (
+      (point / 'log.txt').read_text())
+  with open(point / 'attempts.jsonl') as f:
+    assert [json.loads(line)['outcome'] for line in f] == ['preempted']
+
+  with open(log_path, 'a') as log:
+    assert smoke_runs.launch(flags, log).wait(timeout=600) == 0
+  assert 'heads=4/seed=0: resuming' in log_path.read_text()
+  assert f'Resumed from step {stopped} ' in (point / 'log.txt').read_text()
+  with open(point / 'results.json') as f:
+    assert json.load(f)['steps'] == 60

@@ -12,8 +12,9 @@ Layout of a study workdir:
 A point with results.json is finished and skipped; one with a checkpoint
 resumes from it (the trainer does that); one that failed is retried once per
 study run and, if it fails again, recorded with its error while the study
-goes on. SIGTERM stops the point in progress at a checkpoint and ends the
-study; rerunning the same command continues. With reuse_from, a point whose
+goes on. SIGTERM or Ctrl-C (SIGINT) stops the point in progress at a
+checkpoint and ends the study, the point recorded as interrupted, not
+failed; rerunning the same command continues. With reuse_from, a point whose
 exact config another study has finished is copied from there (reused.json
 says from where) instead of trained again.
 """
@@ -167,6 +168,11 @@ def run_point(study: study_lib.Study, workdir: str, name: str,
                           'outcome': outcome}) + '\n')
 
 
+# How a point's process ends when the study's signal stopped it: saved and
+# exited (0), or killed by the SIGINT or SIGTERM itself outside training.
+_STOPPED_BY_SIGNAL = (0, -signal.SIGINT, -signal.SIGTERM)
+
+
 class _Forwarder:
   """Passes SIGTERM/SIGINT on to the running point and remembers it."""
 
@@ -294,6 +300,9 @@ def _run_points(study, workdir, config_args, equal_time, reuse_from) -> bool:
           bleu = json.load(f)['test_bleu']
         logging.info('%s: done in %.0f s, test BLEU %.2f.', where, seconds,
                      bleu)
+      elif forwarder.stopped and returncode in _STOPPED_BY_SIGNAL:
+        logging.info('%s: interrupted after %.0f s; it resumes from its last '
+                     'checkpoint.', where, seconds)
       elif returncode != 0:
         error_path = os.path.join(path, 'error.json')
         if not os.path.exists(error_path):

@@ -59,8 +59,9 @@ def train_and_evaluate(
 ) -> dict | None:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
-  SIGTERM (preemption) stops training after the current step, with a
-  checkpoint of it; rerunning the same command continues from there.
+  SIGTERM (preemption) or SIGINT (Ctrl-C) stops training after the current
+  step, with a checkpoint of it; rerunning the same command continues from
+  there.
 
   Returns:
     The results also written to `workdir/results.json`, or None when
@@ -261,8 +262,9 @@ def _train_and_evaluate(
     writer.close()
     checkpointer.close()
     logging.info(
-        'Preempted (SIGTERM) at step %d; saved checkpoint %s. Rerun the same '
-        'command to continue from it.', step, checkpointer.path(step),
+        '%s at step %d; saved checkpoint %s. Rerun the same command to '
+        'continue from it.', watcher.reason or 'Preempted (SIGTERM)', step,
+        checkpointer.path(step),
     )
     return None
   results = _final_evaluation(
