@@ -10,6 +10,8 @@ joins over jax.distributed on 127.0.0.1, as tests/test_multiprocess.py does.
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -257,3 +259,59 @@ def test_ctrl_c_in_a_study_saves_the_point_which_then_resumes(
   assert f'Resumed from step {stopped} ' in (point / 'log.txt').read_text()
   with open(point / 'results.json') as f:
     assert json.load(f)['steps'] == 60
+
+
+# launch.py with the disk full once a checkpoint is complete: every array
+# write of a later save fails as TensorStore's does, in orbax's save thread.
+_FULL_DISK_LAUNCH = '''\
+import errno, os, runpy, sys
+from orbax.checkpoint._src.serialization import serialization
+checkpoints = os.path.join(sys.argv[1], 'checkpoints')
+write = serialization.async_serialize_from_host
+
+
+async def full_disk(*args, **kwargs):
+  if any(name.isdigit() for name in os.listdir(checkpoints)):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), checkpoints)
+  return await write(*args, **kwargs)
+
+
+serialization.async_serialize_from_host = full_disk
+sys.argv = ['launch.py', f'--workdir={sys.argv[1]}', *sys.argv[2:]]
+runpy.run_path('launch.py', run_name='__main__')
+'''
+
+
+def test_disk_full_at_a_save_is_the_last_thing_said_and_nothing_is_lost(
+    data_dir, tmp_path
+):
+  workdir = tmp_path / 'run'
+  flags = ['--config=experiments/configs/smoke.py',
+           f'--config.data.data_dir={data_dir}',
+           '--config.num_train_steps=10', '--config.checkpoint_every=5',
+           '--config.log_every=5', '--config.eval_every=1000',
+           '--config.eval.final_sentences=8', '--config.eval.max_decode_len=16']
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  result = subprocess.run(
+      [sys.executable, '-c', _FULL_DISK_LAUNCH, str(workdir), *flags],
+      cwd=smoke_runs.REPO, env=env, capture_output=True, text=True,
+      timeout=600,
+  )
+  assert result.returncode != 0
+  checkpoints = workdir / 'checkpoints'
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('attention_jax.train.checkpoint.CheckpointSaveError: '
+                         'No space left on device while saving a checkpoint '
+                         f'in {checkpoints}'), result.stderr[-3000:]
+  assert f'Free space on that disk (df -h {checkpoints})' in last
+  assert f'rerun the same command: it resumes from {checkpoints / "5"}' in last
+  assert 'NameError' not in result.stderr
+
+  log = tmp_path / 'rerun.log'
+  with open(log, 'w') as f:
+    assert smoke_runs.launch([f'--workdir={workdir}', *flags], f).wait(
+        timeout=600) == 0, log.read_text()[-3000:]
+  assert 'Resumed from step 5 ' in log.read_text()
+  with open(workdir / 'results.json') as f:
+    assert json.load(f)['steps'] == 10

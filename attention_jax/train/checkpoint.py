@@ -15,6 +15,7 @@ more likely a change of code or config than damage, and nothing is moved;
 the error names every step and the fix.
 """
 
+import errno
 import glob
 import os
 import shutil
@@ -31,6 +32,10 @@ DAMAGED_DIR = 'checkpoints_damaged'
 
 class CheckpointRestoreError(RuntimeError):
   """No checkpoint of a workdir restores."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written."""
 
 
 class Checkpointer:
@@ -73,15 +78,22 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: dict[str, int]) -> None:
-    """Starts an asynchronous save; `wait()` blocks until it is on disk."""
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state),
-        ),
-        force=True,
-    )
+    """Starts an asynchronous save; `wait()` blocks until it is on disk.
+
+    Raises:
+      CheckpointSaveError: this or the previous save failed (a full disk).
+    """
+    try:
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              data=ocp.args.JsonSave(data_state),
+          ),
+          force=True,
+      )
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e) from e
 
   def restore_latest(
       self, abstract_state: Any, shardings: Any
@@ -200,13 +212,59 @@ class Checkpointer:
     return restored['params']
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e) from e
+
+  def _save_error(self, error: Exception) -> 'CheckpointSaveError':
+    """The failure of a save, saying where and what to do.
+
+    Orbax reports a full disk as TensorStore's RESOURCE_EXHAUSTED or an
+    OSError, after its own tracebacks; this one is what the user reads last.
+    """
+    finished = sorted(
+        int(name) for name in os.listdir(self.directory) if name.isdigit()
+    )
+    resume = (f'it resumes from {self.path(finished[-1])}' if finished
+              else 'no checkpoint is complete, so it starts again')
+    cause = _shorten(_root_cause(error))
+    if _is_disk_full(error):
+      return CheckpointSaveError(
+          f'No space left on device while saving a checkpoint in '
+          f'{self.directory} ({cause}). Free space on that disk (df -h '
+          f'{self.directory}), lower config.keep_checkpoints, or move the '
+          f'workdir to a larger disk; then rerun the same command: {resume}.'
+      )
+    return CheckpointSaveError(
+        f'Saving a checkpoint in {self.directory} failed ({cause}). Fix the '
+        f'cause, then rerun the same command: {resume}.'
+    )
 
   def close(self) -> None:
     self._manager.close()
 
   def path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
+
+
+def _chain(error: BaseException):
+  while error is not None:
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def _root_cause(error: BaseException) -> str:
+  root = list(_chain(error))[-1]
+  return f'{type(root).__name__}: {root}'.splitlines()[0]
+
+
+def _is_disk_full(error: BaseException) -> bool:
+  return any(
+      getattr(e, 'errno', None) == errno.ENOSPC
+      or 'No space left on device' in str(e)
+      for e in _chain(error)
+  )
 
 
 def _shorten(text: str, limit: int = 300) -> str:
