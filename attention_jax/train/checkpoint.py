@@ -144,7 +144,7 @@ class Checkpointer:
         failures.append((step, f'{type(e).__name__}: {e}'.splitlines()[0]))
         continue
       if failures:
-        self._set_aside([failed for failed, _ in failures], step, failures)
+        self._set_aside(failures, step)
       return step, restored
     raise CheckpointRestoreError(
         f'No checkpoint in {self.directory} restores:\n'
@@ -155,12 +155,12 @@ class Checkpointer:
         'or use a new --workdir.'
     )
 
-  def _set_aside(self, steps: list[int], good: int, failures) -> None:
-    """Warns about damaged `steps`; the writer moves them out of the way."""
+  def _set_aside(self, failures: list[tuple[int, str]], good: int) -> None:
+    """Warns about steps that failed; the writer moves them out of the way."""
     moved_to = {}
     if self._is_writer:
       damaged = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
-      for step in steps:
+      for step, _ in failures:
         moved_to[step] = _free_name(os.path.join(damaged, str(step)))
         if jax.process_index() == 0:
           os.makedirs(damaged, exist_ok=True)
