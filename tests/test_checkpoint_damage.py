@@ -5,6 +5,7 @@ a killed copy or a careless clean-up leaves it.
 """
 
 import glob
+import json
 import logging
 import os
 import shutil
@@ -180,3 +181,43 @@ def test_a_second_damaged_copy_of_a_step_keeps_the_first(tmp_path):
     checkpointer.close()
   damaged = os.path.join(workdir, checkpoint.DAMAGED_DIR)
   assert sorted(os.listdir(damaged)) == ['2', '2.2']
+
+
+def test_training_resumes_past_a_damaged_newest_step_with_the_same_losses(
+    data_dir, tmp_path, caplog
+):
+  # Imported here: the trainer pulls in the whole model and data pipeline.
+  from attention_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  from experiments.configs import smoke  # pylint: disable=g-import-not-at-top
+
+  config = smoke.get_config()
+  config.data.data_dir = data_dir
+  config.update_from_flattened_dict({
+      'num_train_steps': 10, 'log_every': 1, 'checkpoint_every': 5,
+      'eval_every': 1000, 'eval.valid_bleu': False,
+      'eval.final_sentences': 8, 'eval.max_decode_len': 16,
+  })
+  workdir = tmp_path / 'run'
+  trainer.train_and_evaluate(config, str(workdir))
+  first = _logged_losses(workdir)
+  damaged = workdir / 'checkpoints' / '10'
+  _truncate_array(str(damaged))
+  (workdir / 'results.json').unlink()
+
+  with caplog.at_level(logging.INFO):
+    results = trainer.train_and_evaluate(config, str(workdir))
+  assert f'Checkpoint {damaged} does not restore' in caplog.text
+  assert 'Resumed from step 5 ' in caplog.text
+  assert results['steps'] == 10
+  assert (workdir / checkpoint.DAMAGED_DIR / '10').is_dir()
+  # Steps 6-10 trained again, to the same losses.
+  again = _logged_losses(workdir)
+  for step in range(6, 11):
+    assert again[step] == pytest.approx(first[step], abs=1e-6), step
+
+
+def _logged_losses(workdir):
+  """The loss last logged for each step."""
+  with open(workdir / 'metrics.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  return {r['step']: r['train/loss'] for r in records if 'train/loss' in r}
