@@ -52,14 +52,14 @@ def load_params(workdir: str, mesh: Mesh):
   sp = spm.SentencePieceProcessor(model_file=vocab_path)
   cfg = from_config.transformer_config(config, sp.vocab_size())
   checkpointer = Checkpointer(workdir, config.keep_checkpoints)
-  step = checkpointer.latest_step()
-  if step is None:
+  restored = checkpointer.restore_params_latest(
+      *_abstract_params(cfg, config.data.max_len, mesh)
+  )
+  if restored is None:
     raise FileNotFoundError(
         f'No checkpoint in {checkpointer.directory}; train first.'
     )
-  params = checkpointer.restore_params(
-      step, *_abstract_params(cfg, config.data.max_len, mesh)
-  )
+  _, params = restored
   checkpointer.close()
   return config, cfg, sp, params
 

@@ -29,8 +29,13 @@ def start(workdir, data_dir, log, devices: int, overrides: dict,
   )
 
 
-def launch(flags, log, devices: int = 1) -> subprocess.Popen:
-  """`python launch.py FLAGS` from the repository root on CPU devices."""
+def launch(flags, log, devices: int = 1,
+           start_new_session: bool = False) -> subprocess.Popen:
+  """`python launch.py FLAGS` from the repository root on CPU devices.
+
+  With start_new_session, the process leads a process group of its own, as
+  a command started from a terminal does, for signals to the whole group.
+  """
   env = dict(
       os.environ,
       JAX_PLATFORMS='cpu',
@@ -38,7 +43,7 @@ def launch(flags, log, devices: int = 1) -> subprocess.Popen:
   )
   return subprocess.Popen(
       [sys.executable, 'launch.py', *flags], cwd=REPO, env=env, stdout=log,
-      stderr=subprocess.STDOUT,
+      stderr=subprocess.STDOUT, start_new_session=start_new_session,
   )
 
 

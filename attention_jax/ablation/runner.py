@@ -13,8 +13,9 @@ A point with a readable results.json is finished and skipped (an empty or
 damaged one, cut short by a kill, does not count); one with a checkpoint
 resumes from it (the trainer does that); one that failed is retried once per
 study run and, if it fails again, recorded with its error while the study
-goes on. SIGTERM stops the point in progress at a checkpoint and ends the
-study; rerunning the same command continues. With reuse_from, a point whose
+goes on. SIGTERM or Ctrl-C (SIGINT) stops the point in progress at a
+checkpoint and ends the study, the point recorded as interrupted, not
+failed; rerunning the same command continues. With reuse_from, a point whose
 exact config another study has finished is copied from there (reused.json
 says from where) instead of trained again.
 """
@@ -35,6 +36,7 @@ import ml_collections
 
 from attention_jax import run_records
 from attention_jax.ablation import study as study_lib
+from attention_jax.train import workdir_lock
 
 DONE, FAILED, INTERRUPTED, PENDING = 'done', 'failed', 'interrupted', 'pending'
 LAUNCH = os.path.join(
@@ -194,6 +196,11 @@ def read_error(path: str) -> str:
     return f'(unknown: {e})'
 
 
+# How a point's process ends when the study's signal stopped it: saved and
+# exited (0), or killed by the SIGINT or SIGTERM itself outside training.
+_STOPPED_BY_SIGNAL = (0, -signal.SIGINT, -signal.SIGTERM)
+
+
 class _Forwarder:
   """Passes SIGTERM/SIGINT on to the running point and remembers it."""
 
@@ -271,7 +278,16 @@ def run_study(study: study_lib.Study, workdir: str, config_args: list[str],
 
   Returns:
     False when stopped by a signal before the last point (rerun to go on).
+
+  Raises:
+    workdir_lock.WorkdirInUseError: when another study runs in `workdir`.
   """
+  with workdir_lock.hold(workdir, '.lock.study'):
+    return _run_points(study, workdir, config_args, equal_time, reuse_from)
+
+
+def _run_points(study, workdir, config_args, equal_time, reuse_from) -> bool:
+  """`run_study`, with the workdir locked."""
   write_manifest(study, workdir, config_args, equal_time)
   forwarder = _Forwarder()
   previous = {s: signal.signal(s, forwarder)
@@ -317,6 +333,9 @@ def run_study(study: study_lib.Study, workdir: str, config_args: list[str],
         bleu = read_results(path)['test_bleu']
         logging.info('%s: done in %.0f s, test BLEU %.2f.', where, seconds,
                      bleu)
+      elif forwarder.stopped and returncode in _STOPPED_BY_SIGNAL:
+        logging.info('%s: interrupted after %.0f s; it resumes from its last '
+                     'checkpoint.', where, seconds)
       elif returncode != 0:
         error_path = os.path.join(path, 'error.json')
         if not os.path.exists(error_path):

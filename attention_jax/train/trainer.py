@@ -27,6 +27,7 @@ from attention_jax.train import preemption
 from attention_jax.train import run_config
 from attention_jax.train import steps
 from attention_jax.train import train_state
+from attention_jax.train import workdir_lock
 from attention_jax.train.checkpoint import Checkpointer
 from attention_jax.train.metrics_writer import MetricsWriter
 
@@ -58,13 +59,25 @@ def train_and_evaluate(
 ) -> dict | None:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
-  SIGTERM (preemption) stops training after the current step, with a
-  checkpoint of it; rerunning the same command continues from there.
+  SIGTERM (preemption) or SIGINT (Ctrl-C) stops training after the current
+  step, with a checkpoint of it; rerunning the same command continues from
+  there.
 
   Returns:
     The results also written to `workdir/results.json`, or None when
     preempted before the end.
+
+  Raises:
+    workdir_lock.WorkdirInUseError: when another live run uses `workdir`.
   """
+  lock = f'.lock.process_{jax.process_index()}'
+  with workdir_lock.hold(workdir, lock):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict | None:
   config_check.check_config(config)
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -100,8 +113,9 @@ def train_and_evaluate(
       data.train, config.batch_size, config.data.max_len, config.seed, rows
   )
   train_seconds = 0.0
-  if (latest := checkpointer.latest_step()) is not None:
-    state, saved = checkpointer.restore(latest, state, state_shardings)
+  restored = checkpointer.restore_latest(state, state_shardings)
+  if restored is not None:
+    latest, state, saved = restored
     stream.restore(saved['stream'])
     train_seconds = saved['train_seconds']
     logging.info('Resumed from step %d (%s).', latest, checkpointer.path(latest))
@@ -256,8 +270,9 @@ def train_and_evaluate(
     writer.close()
     checkpointer.close()
     logging.info(
-        'Preempted (SIGTERM) at step %d; saved checkpoint %s. Rerun the same '
-        'command to continue from it.', step, checkpointer.path(step),
+        '%s at step %d; saved checkpoint %s. Rerun the same command to '
+        'continue from it.', watcher.reason or 'Preempted (SIGTERM)', step,
+        checkpointer.path(step),
     )
     return None
   results = _final_evaluation(
