@@ -166,9 +166,7 @@ class Performer(linear.Linear):
 
     def phi(x):
       x = x / x.shape[-1] ** 0.25
-      return jnp.exp(x @ projection.T - 0.5 * jnp.sum(x * x, -1,
-                                                      keepdims=True)) / (
-                                                          jnp.sqrt(len(
-                                                              projection)))
+      exponent = x @ projection.T - 0.5 * jnp.sum(x * x, -1, keepdims=True)
+      return jnp.exp(exponent) / np.sqrt(len(projection))
 
     return phi(query), phi(key)
