@@ -55,7 +55,14 @@ def test_two_processes_match_one_and_their_checkpoint_restores_in_one(
         (f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
          f'--process_id={index}'),
     ))
-  codes = [p.wait(timeout=600) for p in processes]
+  try:
+    codes = [p.wait(timeout=600) for p in processes]
+  finally:
+    # A process stuck in a collective ignores SIGTERM (JAX's preemption
+    # handler waits for its peers); it must not outlive the test.
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
   outputs = [open(path).read() for path in logs]
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
 
