@@ -33,6 +33,10 @@ def _cls(name):
 
 
 CAUSAL = [n for n in NAMES if _cls(n).capabilities.causal]
+CROSS = [n for n in NAMES if _cls(n).capabilities.cross_attention]
+# Mechanisms are made for the second layer of a stack, so that formulas with
+# a layer-dependent term (differential attention's lambda_init) show it.
+LAYER_INDEX = 1
 IN_ATTENTION_SCHEMES = [
     (name, scheme) for name in NAMES
     for scheme in sorted(_cls(name).capabilities.position_schemes)
@@ -41,6 +45,10 @@ IN_ATTENTION_SCHEMES = [
 
 def _options(name):
   return attention.MECHANISMS.options(name, _cls(name).TEST_OPTIONS)
+
+
+def _mechanism(name):
+  return _cls(name)(_options(name), LAYER_INDEX)
 
 
 def _normal(seed, shape):
@@ -72,18 +80,28 @@ class _Core(nn.Module):
 
   @nn.compact
   def __call__(self, inputs):
-    return _cls(self.mechanism)(_options(self.mechanism)).attend(self, inputs)
+    mechanism = _mechanism(self.mechanism)
+    extras = mechanism.key_extras(self, inputs.inputs_kv_BxKxE,
+                                  inputs.mask.kv_positions_BxK, inputs.rotate)
+    return mechanism.attend(
+        self, dataclasses.replace(inputs, key_extras=extras))
 
 
 def _core_inputs(name, *, causal, self_attention, seed=0):
   kv_seg = KV_SEGMENTS
   q_seg = kv_seg if self_attention else CROSS_Q_SEGMENTS
   batch, q_len, kv_len = 2, q_seg.shape[1], kv_seg.shape[1]
-  bias = None
+  bias = sink = None
   if _cls(name).capabilities.score_bias:
     bias = 0.5 * _normal(seed + 4, (batch, HEADS, q_len, kv_len))
+  if _cls(name).capabilities.sink:
+    sink = _normal(seed + 6, (HEADS,))
+  inputs_q = _normal(seed, (batch, q_len, WIDTH))
   return base.AttentionInputs(
-      inputs_q_BxQxE=_normal(seed, (batch, q_len, WIDTH)),
+      inputs_q_BxQxE=inputs_q,
+      inputs_kv_BxKxE=(inputs_q if self_attention
+                       else _normal(seed + 5, (batch, kv_len, WIDTH))),
+      sink_logit_H=sink,
       query_BxQxHxD=_normal(seed + 1, (batch, q_len, HEADS, DEPTH)),
       key_BxKxGxD=_normal(seed + 2, (batch, kv_len, KV_HEADS, DEPTH)),
       value_BxKxGxD=_normal(seed + 3, (batch, kv_len, KV_HEADS, DEPTH)),
@@ -96,9 +114,10 @@ def _core_inputs(name, *, causal, self_attention, seed=0):
 
 PLACES = [(name, causal, self_attention)
           for name in NAMES
-          for causal, self_attention in ((False, True), (True, True),
-                                         (False, False))
-          if not causal or _cls(name).capabilities.causal]
+          for causal, self_attention, capability in (
+              (False, True, 'bidirectional'), (True, True, 'causal'),
+              (False, False, 'cross_attention'))
+          if getattr(_cls(name).capabilities, capability)]
 
 
 @pytest.mark.parametrize('name, causal, self_attention', PLACES)
@@ -110,7 +129,7 @@ def test_attend_equals_reference(name, causal, self_attention):
   # Away from the initial values (an identity, a constant), so every
   # parameter's role in the formula shows.
   params = jax.tree.map(lambda p: p + 0.3 * _normal(7, p.shape), params)
-  mechanism = _cls(name)(_options(name))
+  mechanism = _mechanism(name)
   real_BxQ = base.reference_mask(inputs)[:, 0].any(-1)
   cotangent = _normal(6, inputs.query_BxQxHxD.shape) * real_BxQ[..., None,
                                                                  None]
@@ -119,8 +138,8 @@ def test_attend_equals_reference(name, causal, self_attention):
     return dataclasses.replace(inputs, **arrays)
 
   arrays = {k: getattr(inputs, k) for k in
-            ('inputs_q_BxQxE', 'query_BxQxHxD', 'key_BxKxGxD',
-             'value_BxKxGxD')}
+            ('inputs_q_BxQxE', 'inputs_kv_BxKxE', 'query_BxQxHxD',
+             'key_BxKxGxD', 'value_BxKxGxD')}
 
   def ours(params, arrays):
     return core.apply({'params': params}, with_arrays(arrays)).astype(
@@ -144,7 +163,7 @@ def _layer(name, *, causal=False, self_attention=True, decode=False,
   config = frame.AttentionConfig(
       mechanism=name, options=_options(name), num_heads=HEADS,
       head_dim=DEPTH, num_kv_heads=KV_HEADS, position_scheme=scheme,
-      deterministic=True, decode=decode)
+      deterministic=True, decode=decode, layer_index=LAYER_INDEX)
   return frame.MultiHeadAttention(config, causal=causal,
                                   self_attention=self_attention)
 
@@ -217,7 +236,7 @@ def test_cached_decoding_equals_full_causal_pass(name):
   np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
 
 
-@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('name', CROSS)
 def test_cached_cross_attention_equals_full_pass(name):
   memory_seg = jnp.array([[1] * 7, [1] * 4 + [0] * 3], jnp.int32)
   memory = _normal(0, (2, 7, WIDTH))
@@ -265,7 +284,11 @@ def test_declared_position_scheme_is_honoured(name, scheme):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_transformer_cached_decoding_equals_teacher_forcing(name):
-  place = 'attention' if _cls(name).capabilities.causal else 'cross_attention'
+  caps = _cls(name).capabilities
+  if caps.causal and caps.bidirectional and caps.cross_attention:
+    place = 'attention'
+  else:
+    place = 'decoder_self_attention' if caps.causal else 'cross_attention'
   decoding_checks.assert_cached_decoding_equals_full_forward(
       TransformerConfig(
           vocab_size=50, emb_dim=WIDTH, num_heads=HEADS, qkv_dim=HEADS * 4,
@@ -283,6 +306,7 @@ def test_mechanism_is_complete(name):
   """Reference, decoding methods, options and capabilities are consistent."""
   cls = _cls(name)
   caps = cls.capabilities
+  assert caps.causal or caps.bidirectional or caps.cross_attention
   assert _overrides(cls, 'attend') and _overrides(cls, 'reference'), (
       f'{name} must implement attend and a reference from its paper')
   state = caps.decoding_state

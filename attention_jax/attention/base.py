@@ -37,7 +37,7 @@ and gradients.
 
 import dataclasses
 import enum
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import flax.linen as nn
 import jax
@@ -69,6 +69,9 @@ class Capabilities:
   Attributes:
     causal: usable as decoder self-attention (each query sees only keys at or
       before it, with incremental decoding).
+    bidirectional: usable as non-causal self-attention (the encoder).
+    cross_attention: usable as cross-attention (queries from the decoder,
+      keys and values from the encoder memory).
     decoding_state: what it keeps between decoding steps.
     score_bias: takes an additive float32 bias on its query-key scores, so
       the score-bias position schemes (ALiBi, T5 relative) apply.
@@ -82,15 +85,21 @@ class Capabilities:
       dropout applies to them.
     projections: the per-head input projections the frame creates for it
       ('query', 'key', 'value'); the output projection 'out' is always there.
+      With 'query' and 'key' the model's `qk_norm` applies to them.
+    sink: normalises weights with a softmax denominator that takes the
+      model's attention sink logit (`AttentionInputs.sink_logit_H`).
   """
 
   causal: bool = True
+  bidirectional: bool = True
+  cross_attention: bool = True
   decoding_state: DecodingState = DecodingState.KV_CACHE
   score_bias: bool = False
   position_schemes: frozenset[str] = frozenset({'rope'})
   fused_kernels: tuple[str, ...] = ()
   attention_weights: bool = True
   projections: tuple[str, ...] = ('query', 'key', 'value')
+  sink: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +136,19 @@ class AttentionInputs:
     decoding: one query step against a decoding cache (queries and keys no
       longer share an index axis; positions say where each one is).
     num_heads: H, the query heads the output must have.
+    key_extras: the mechanism's own per-key quantities (`key_extras`), each
+      [B, K, ...]; in decoding self-attention, the whole cache of them.
+    rotate: the position scheme's rotation, (x_BxLxHxD, positions_BxL) ->
+      rotated x (the identity for schemes that do not rotate), for
+      mechanisms that rotate only part of their heads themselves; the
+      frame has already rotated the projections it made.
+    sink_logit_H: None, or the attention sink logit of each head (float32
+      [H]), for mechanisms with `sink`: one more term exp(sink) in the
+      softmax denominator (Xiao et al., 2024; Miller's softmax-off-by-one
+      when 0), taking weight from the keys without adding a value.
+    inputs_kv_BxKxE: the key-side inputs (None in decoding, where only the
+      cache is left), for references that recompute `key_extras` from the
+      paper's equations.
   """
 
   inputs_q_BxQxE: jax.Array
@@ -141,6 +163,11 @@ class AttentionInputs:
   causal: bool = False
   decoding: bool = False
   num_heads: int = 0
+  key_extras: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
+  rotate: Callable[[jax.Array, jax.Array], jax.Array] = (
+      lambda x, positions: x)
+  sink_logit_H: jax.Array | None = None
+  inputs_kv_BxKxE: jax.Array | None = None
 
 
 def reference_mask(inputs: AttentionInputs):
@@ -175,7 +202,7 @@ class Mechanism:
   decoding state (or none) implement `summarise` and `read` for
   cross-attention decoding, and recurrent ones `initial_state` and `step`
   for causal decoding. Instances are made by the frame with the mechanism's
-  options; they hold no arrays.
+  options and the layer's index in its stack; they hold no arrays.
   """
 
   Options: ClassVar[type] = NoOptions
@@ -187,8 +214,30 @@ class Mechanism:
   TEST_OPTIONS: ClassVar[dict[str, Any]] = {}
   capabilities: ClassVar[Capabilities] = Capabilities()
 
-  def __init__(self, options: Any = None):
+  def __init__(self, options: Any = None, layer_index: int = 0):
+    """Args: options (None: the defaults); layer_index: 0 for the first
+    layer of the encoder or decoder stack, 1 for the next, ..."""
     self.options = self.Options() if options is None else options
+    self.layer_index = layer_index
+
+  def key_extras(self, module: nn.Module, inputs_kv_BxKxE,
+                 kv_positions_BxK, rotate) -> dict[str, jax.Array]:
+    """Per-key quantities `attend` needs beyond projected keys and values.
+
+    Computed by the frame from the key-side inputs (in the frame's scope,
+    so parameters may be created) and passed as `inputs.key_extras`; in
+    decoding the cache keeps them per slot, as it keeps keys. Every array
+    leads with [B, K]. A forget gate per key, or a compressed latent that
+    replaces keys and values, belongs here.
+
+    Args:
+      module: the calling frame.
+      inputs_kv_BxKxE: the key-side inputs.
+      kv_positions_BxK: int32 positions of the keys.
+      rotate: as `AttentionInputs.rotate`.
+    """
+    del module, inputs_kv_BxKxE, kv_positions_BxK, rotate
+    return {}
 
   def attend(self, module: nn.Module, inputs: AttentionInputs) -> jax.Array:
     """The attended values, [B, Q, H, D], in any float dtype.

@@ -242,6 +242,8 @@ class Chunked(softmax.Softmax):
   Options = ChunkedOptions
   RESUMABLE_FIELDS = ('chunk_size',)
   TEST_OPTIONS = {'chunk_size': 3}
+  # The block loop's running normaliser has no sink term.
+  capabilities = dataclasses.replace(softmax.FAMILY_CAPABILITIES, sink=False)
 
   def attend(self, module, inputs):
     return attend_in_blocks(module, inputs, self.options.chunk_size,

@@ -4,9 +4,10 @@
 projections ('query', 'key', 'value', with G = num_kv_heads key/value heads
 for grouped-query or multi-query attention; Ainslie et al., 2023), the
 output projection 'out', rotary positions and score biases of the position
-scheme (self-attention only), dropout on attention weights, and decoding:
-the step counter, the key/value cache or the mechanism's own recurrent
-state, and the projected encoder memory. The mechanism, looked up by name,
+scheme (self-attention only), QK-norm, the attention sink logit, dropout on
+attention weights, and decoding: the step counter, the key/value cache (with
+the mechanism's per-key extras) or the mechanism's own recurrent state, and
+the projected encoder memory. The mechanism, looked up by name,
 supplies only `attend` (see base.py). With `num_kv_heads` equal to
 `num_heads`, parameter names and shapes match
 `flax.linen.MultiHeadDotProductAttention`.
@@ -34,6 +35,10 @@ from attention_jax.attention import positions
 from attention_jax.attention import registry
 
 DecodingState = base.DecodingState
+# Normalisation of queries and keys per head before they form scores.
+QK_NORMS = ('none', 'rms', 'l2')
+# The attention sink: none, a learned logit per head, or a logit fixed at 0.
+SINKS = ('none', 'learned', 'zero')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +58,17 @@ class AttentionConfig:
     dtype: compute dtype of projections and attention.
     deterministic: no dropout.
     decode: incremental decoding with a cache (see module docstring).
+    layer_index: the layer's index in its encoder or decoder stack, from 0.
+    qk_norm: one of QK_NORMS: 'rms' applies RMSNorm with a learned scale
+      per channel to each head's query and key (Dehghani et al., 2023;
+      OLMo 2); 'l2' scales them to unit length and multiplies the query by
+      a learned per-head gain g·sqrt(D), so dot-product logits are
+      g·cos(q, k) (Henry et al., 2020, "Query-Key Normalization").
+    qk_norm_gain: initial g of 'l2' (Henry et al. initialise it from the
+      training length, log2(L^2 - L): 12 for L = 64).
+    attention_sink: one of SINKS: a per-head sink logit in the softmax
+      denominator, learned (initialised to 0) or fixed at 0
+      (softmax-off-by-one), for mechanisms with the `sink` capability.
   """
 
   mechanism: str = 'softmax'
@@ -67,6 +83,10 @@ class AttentionConfig:
   dtype: Any = jnp.float32
   deterministic: bool = False
   decode: bool = False
+  layer_index: int = 0
+  qk_norm: str = 'none'
+  qk_norm_gain: float = 12.0
+  attention_sink: str = 'none'
 
   @property
   def kv_heads(self) -> int:
@@ -84,20 +104,48 @@ def _default_positions(batch: int, length: int):
                           (batch, length))
 
 
+def _apply(rotate, x_BxLxHxD, positions_BxL):
+  """`rotate` of projected heads; None (a projection not made) stays None."""
+  return None if x_BxLxHxD is None else rotate(x_BxLxHxD, positions_BxL)
+
+
 def check_place(mechanism: type[base.Mechanism], scheme: type, *,
-                causal: bool, self_attention: bool) -> None:
-  """Raises ValueError when `mechanism` cannot serve this place and scheme."""
+                causal: bool, self_attention: bool, qk_norm: str = 'none',
+                attention_sink: str = 'none') -> None:
+  """Raises ValueError when `mechanism` cannot serve this place and scheme,
+  naming what it cannot do."""
   caps = mechanism.capabilities
   if causal and not self_attention:
     raise ValueError('Causal attention is self-attention.')
   if causal and not caps.causal:
     raise ValueError(f'{mechanism.name!r} cannot be causal.')
+  if self_attention and not causal and not caps.bidirectional:
+    raise ValueError(
+        f'{mechanism.name!r} is defined for causal self-attention only, not '
+        'for the non-causal (encoder) self-attention.')
+  if not self_attention and not caps.cross_attention:
+    raise ValueError(
+        f'{mechanism.name!r} has no cross-attention form (its paper defines '
+        'none).')
   if self_attention and scheme.acts_in != positions.EMBEDDING:
     if scheme.name not in caps.position_schemes:
       raise ValueError(
           f'{mechanism.name!r} does not honour position_scheme '
           f'{scheme.name!r}.'
       )
+  if qk_norm not in QK_NORMS:
+    raise ValueError(f'qk_norm={qk_norm!r} is not one of {QK_NORMS}.')
+  if qk_norm != 'none' and not {'query', 'key'} <= set(caps.projections):
+    raise ValueError(
+        f'qk_norm={qk_norm!r} normalises the projected queries and keys, '
+        f'which {mechanism.name!r} does not use.')
+  if attention_sink not in SINKS:
+    raise ValueError(
+        f'attention_sink={attention_sink!r} is not one of {SINKS}.')
+  if attention_sink != 'none' and not caps.sink:
+    raise ValueError(
+        f'attention_sink={attention_sink!r} adds a logit to a softmax '
+        f'denominator, which {mechanism.name!r} does not have.')
 
 
 class MultiHeadAttention(nn.Module):
@@ -138,8 +186,9 @@ class MultiHeadAttention(nn.Module):
         config.position_options
     )
     check_place(mechanism_cls, type(scheme), causal=self.causal,
-                self_attention=self.self_attention)
-    mechanism = mechanism_cls(config.options)
+                self_attention=self.self_attention, qk_norm=config.qk_norm,
+                attention_sink=config.attention_sink)
+    mechanism = mechanism_cls(config.options, config.layer_index)
     query = self._project('query', config.num_heads, inputs_q_BxQxE)
     if config.decode and not self.self_attention:
       out_BxQxHxD = self._decode_cross(mechanism, inputs_q_BxQxE, query,
@@ -157,21 +206,33 @@ class MultiHeadAttention(nn.Module):
         if kv_positions_BxK is None:
           kv_positions_BxK = _default_positions(batch,
                                                 inputs_kv_BxKxE.shape[1])
-        if self.self_attention:
-          query = scheme.rotate(query, q_positions_BxQ)
-          key = scheme.rotate(key, kv_positions_BxK)
+        rotate = self._rotation(scheme)
+        query = _apply(rotate, query, q_positions_BxQ)
+        key = _apply(rotate, key, kv_positions_BxK)
+        extras = mechanism.key_extras(self, inputs_kv_BxKxE, kv_positions_BxK,
+                                      rotate)
         mask = masks.TokenMask(q_segment_ids_BxQ, kv_segment_ids_BxK,
                                q_positions_BxQ, kv_positions_BxK,
                                causal=self.causal)
-        out_BxQxHxD = self._attend(mechanism, scheme, inputs_q_BxQxE, query,
-                                   key, value, mask, decoding=False)
+        out_BxQxHxD = self._attend(
+            mechanism, scheme, inputs_q_BxQxE, query, key, value, mask,
+            decoding=False, extras=extras, inputs_kv=inputs_kv_BxKxE)
     return self._output(out_BxQxHxD, inputs_q_BxQxE.shape[-1])
 
+  def _rotation(self, scheme):
+    """The scheme's rotation in self-attention; the identity otherwise."""
+    if self.self_attention:
+      return scheme.rotate
+    return lambda x, positions: x
+
   def _project(self, name: str, num_heads: int, inputs_BxLxE):
-    """[B, L, E] -> [B, L, num_heads, D] as layer `name`; None if unused."""
+    """[B, L, E] -> [B, L, num_heads, D] as layer `name`; None if unused.
+
+    Queries and keys are normalised here under `qk_norm`.
+    """
     if name not in registry.get(self.config.mechanism).capabilities.projections:
       return None
-    return nn.DenseGeneral(
+    projected = nn.DenseGeneral(
         features=(num_heads, self.config.head_dim),
         dtype=self.config.dtype,
         kernel_init=part.init(
@@ -181,6 +242,38 @@ class MultiHeadAttention(nn.Module):
         bias_init=part.init(nn.initializers.zeros, part.HEADS, part.HEAD_DIM),
         name=name,
     )(inputs_BxLxE)
+    if name == 'value' or self.config.qk_norm == 'none':
+      return projected
+    return self._qk_norm(name, projected)
+
+  def _qk_norm(self, name: str, x_BxLxHxD):
+    """`qk_norm` of projected queries or keys (see AttentionConfig)."""
+    config = self.config
+    x = x_BxLxHxD.astype(jnp.float32)
+    if config.qk_norm == 'rms':
+      scale_D = self.param(f'{name}_norm',
+                           part.init(nn.initializers.ones, part.HEAD_DIM),
+                           (config.head_dim,), jnp.float32)
+      x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6)
+      return (x * scale_D).astype(x_BxLxHxD.dtype)
+    x = x * jax.lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-12)
+    if name == 'query':
+      gain_H = self.param(
+          'qk_norm_gain',
+          part.init(nn.initializers.constant(config.qk_norm_gain), part.HEADS),
+          (x.shape[2],), jnp.float32)
+      x = x * (gain_H[:, None] * jnp.sqrt(config.head_dim))
+    return x.astype(x_BxLxHxD.dtype)
+
+  def _sink_logit(self):
+    """The attention sink logit per head, [H] float32, or None."""
+    sink = self.config.attention_sink
+    if sink == 'none':
+      return None
+    if sink == 'zero':
+      return jnp.zeros((self.config.num_heads,), jnp.float32)
+    return self.param('sink', part.init(nn.initializers.zeros, part.HEADS),
+                      (self.config.num_heads,), jnp.float32)
 
   def _output(self, out_BxQxHxD, width: int):
     """[B, Q, H, D] -> [B, Q, width] as layer 'out'."""
@@ -197,8 +290,9 @@ class MultiHeadAttention(nn.Module):
     )(out_BxQxHxD.astype(self.config.dtype))
 
   def _attend(self, mechanism, scheme, inputs_q, query, key, value, mask, *,
-              decoding: bool):
-    """Adds what the frame owns (bias, dropout, fused kernels), then attends."""
+              decoding: bool, extras=None, inputs_kv=None):
+    """Adds what the frame owns (bias, dropout, sink, fused kernels), then
+    attends."""
     config = self.config
     caps = mechanism.capabilities
     bias = None
@@ -210,13 +304,17 @@ class MultiHeadAttention(nn.Module):
         and caps.attention_weights):
       dropout = functools.partial(nn.Dropout(config.dropout_rate),
                                   deterministic=False)
+    sink = self._sink_logit()
     inputs = base.AttentionInputs(
         inputs_q, query, key, value, mask, bias_BxHxQxK=bias, dropout=dropout,
         dropout_rate=config.dropout_rate if dropout is not None else 0.0,
         self_attention=self.self_attention, causal=self.causal,
         decoding=decoding, num_heads=config.num_heads,
+        key_extras=extras or {},
+        rotate=self._rotation(scheme),
+        sink_logit_H=sink, inputs_kv_BxKxE=inputs_kv,
     )
-    if caps.fused_kernels:
+    if caps.fused_kernels and sink is None:
       implementation = fused.resolve(
           config.implementation, query, key, has_dropout=dropout is not None,
           has_bias=bias is not None, has_segment_ids=not decoding,
@@ -235,7 +333,7 @@ class MultiHeadAttention(nn.Module):
     creating = not self.has_variable('cache', 'cache_index')
     cache_index = self.variable('cache', 'cache_index',
                                 lambda: jnp.array(0, jnp.int32))
-    batch, length = query_step.shape[:2]
+    batch, length = inputs_q.shape[:2]
     if creating:
       step_positions = _default_positions(batch, length)
     else:
@@ -244,9 +342,11 @@ class MultiHeadAttention(nn.Module):
             f'Incremental decoding consumes one token per call, got {length}.'
         )
       step_positions = jnp.full((batch, 1), cache_index.value, jnp.int32)
-    query_step = scheme.rotate(query_step, step_positions)
-    key_step = scheme.rotate(key_step, step_positions)
-    zeros = jnp.zeros(query_step.shape, jnp.float32)
+    rotate = self._rotation(scheme)
+    query_step = _apply(rotate, query_step, step_positions)
+    key_step = _apply(rotate, key_step, step_positions)
+    zeros = jnp.zeros((batch, length, self.config.num_heads,
+                       self.config.head_dim), jnp.float32)
 
     if mechanism.capabilities.decoding_state is DecodingState.RECURRENT:
       state = self.variable(
@@ -260,28 +360,35 @@ class MultiHeadAttention(nn.Module):
       cache_index.value += 1
       return out
 
-    cached_key = self.variable('cache', 'cached_key', jnp.zeros,
-                               key_step.shape, key_step.dtype)
-    cached_value = self.variable('cache', 'cached_value', jnp.zeros,
-                                 value_step.shape, value_step.dtype)
+    # The cache holds, per slot, everything `attend` reads of a key.
+    extras = mechanism.key_extras(self, inputs_q, step_positions, rotate)
+    per_key = {name: x for name, x in
+               dict(key=key_step, value=value_step, **extras).items()
+               if x is not None}
+    cached = {name: self.variable('cache', f'cached_{name}', jnp.zeros,
+                                  x.shape, x.dtype)
+              for name, x in per_key.items()}
     if creating:
       return zeros
     index = cache_index.value
-    cached_key.value = jax.lax.dynamic_update_slice(
-        cached_key.value, key_step, (0, index, 0, 0))
-    cached_value.value = jax.lax.dynamic_update_slice(
-        cached_value.value, value_step, (0, index, 0, 0))
+    for name, x in per_key.items():
+      cached[name].value = jax.lax.dynamic_update_slice_in_dim(
+          cached[name].value, x, index, axis=1)
     cache_index.value = index + 1
-    max_len = cached_key.value.shape[1]
+    max_len = cached['value' if 'value' in cached else next(iter(cached))
+                     ].value.shape[1]
     slots_BxK = _default_positions(batch, max_len)
     # Filled slots form the row's one sentence; the rest are padding.
     mask = masks.TokenMask(
         jnp.ones((batch, 1), jnp.int32), (slots_BxK <= index).astype(jnp.int32),
         step_positions, slots_BxK,
     )
-    return self._attend(mechanism, scheme, inputs_q, query_step,
-                        cached_key.value,
-                        cached_value.value, mask, decoding=True)
+    cached_extras = {name: cached[name].value for name in extras}
+    return self._attend(
+        mechanism, scheme, inputs_q, query_step,
+        cached['key'].value if 'key' in cached else None,
+        cached['value'].value if 'value' in cached else None, mask,
+        decoding=True, extras=cached_extras)
 
   def _decode_cross(self, mechanism, inputs_q, query, inputs_kv_BxKxE,
                     kv_segment_ids_BxK):
@@ -295,7 +402,11 @@ class MultiHeadAttention(nn.Module):
       # A decoded row holds one sentence: its real tokens are segment 1.
       real_BxK = (kv_segment_ids_BxK != 0).astype(jnp.int32)
       if mechanism.capabilities.decoding_state is DecodingState.KV_CACHE:
-        memory = {'key': key, 'value': value, 'segment_ids': real_BxK}
+        kv_positions = _default_positions(batch, inputs_kv_BxKxE.shape[1])
+        memory = {'key': key, 'value': value, 'segment_ids': real_BxK,
+                  'extras': mechanism.key_extras(
+                      self, inputs_kv_BxKxE, kv_positions,
+                      self._rotation(None))}
       else:
         memory = mechanism.summarise(self, key, value, real_BxK,
                                      self.config.num_heads)
@@ -310,4 +421,5 @@ class MultiHeadAttention(nn.Module):
         _default_positions(batch, q_len), _default_positions(batch, kv_len),
     )
     return self._attend(mechanism, None, inputs_q, query, memory['key'],
-                        memory['value'], mask, decoding=True)
+                        memory['value'], mask, decoding=True,
+                        extras=memory['extras'])

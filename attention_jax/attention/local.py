@@ -54,6 +54,8 @@ class Local(softmax.Softmax):
   Options = LocalOptions
   RESUMABLE_FIELDS = ('chunk_size',)
   TEST_OPTIONS = {'window_size': 3, 'chunk_size': 2}
+  # Computed by chunked's block loop, whose normaliser has no sink term.
+  capabilities = dataclasses.replace(softmax.FAMILY_CAPABILITIES, sink=False)
 
   def _restrict(self, inputs):
     if not inputs.self_attention:

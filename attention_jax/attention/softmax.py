@@ -24,6 +24,7 @@ FAMILY_CAPABILITIES = base.Capabilities(
     decoding_state=base.DecodingState.KV_CACHE,
     score_bias=True,
     position_schemes=frozenset({'rope', 'alibi', 'relative_bias'}),
+    sink=True,
 )
 
 
@@ -35,7 +36,8 @@ def dot_product_scores(query_BxQxHxD, key_BxKxHxD):
   ) / jnp.sqrt(depth).astype(query_BxQxHxD.dtype)
 
 
-def softmax_weighted_sum(logits_BxHxQxK, value_BxKxHxD, mask, dropout=None):
+def softmax_weighted_sum(logits_BxHxQxK, value_BxKxHxD, mask, dropout=None,
+                         sink_logit_H=None):
   """Masked softmax over keys (in float32), then the weighted sum of values.
 
   A query that may see no key at all averages every key (its logits are all
@@ -48,6 +50,8 @@ def softmax_weighted_sum(logits_BxHxQxK, value_BxKxHxD, mask, dropout=None):
     mask: boolean, broadcastable to the logits; True where a query may attend
       to a key.
     dropout: optional callable applied to the attention probabilities.
+    sink_logit_H: optional float32 [H]: one more logit per head in the
+      denominator, whose weight goes to no value (an attention sink).
 
   Returns:
     The attended values, [B, Q, H, D], in the dtype of the values.
@@ -56,22 +60,34 @@ def softmax_weighted_sum(logits_BxHxQxK, value_BxKxHxD, mask, dropout=None):
   logits_BxHxQxK = jnp.where(
       mask, logits_BxHxQxK.astype(jnp.float32), jnp.finfo(jnp.float32).min
   )
-  probs_BxHxQxK = jax.nn.softmax(logits_BxHxQxK).astype(value_BxKxHxD.dtype)
+  if sink_logit_H is None:
+    probs_BxHxQxK = jax.nn.softmax(logits_BxHxQxK)
+  else:
+    sink_BxHxQx1 = jnp.broadcast_to(sink_logit_H[None, :, None, None],
+                                    logits_BxHxQxK.shape[:3] + (1,))
+    probs_BxHxQxK = jax.nn.softmax(
+        jnp.concatenate([logits_BxHxQxK, sink_BxHxQx1], -1))[..., :-1]
+  probs_BxHxQxK = probs_BxHxQxK.astype(value_BxKxHxD.dtype)
   if dropout is not None:
     probs_BxHxQxK = dropout(probs_BxHxQxK)
   return jnp.einsum('bhqk,bkhd->bqhd', probs_BxHxQxK, value_BxKxHxD)
 
 
-def reference_softmax_attention(logits_BxHxQxK, value_BxKxHxD, allowed):
+def reference_softmax_attention(logits_BxHxQxK, value_BxKxHxD, allowed,
+                                sink_logit_H=None):
   """softmax over allowed keys, then sum_j p_ij v_j, written plainly.
 
+  With a sink logit s per head, p_ij = exp(l_ij) / (exp(s) + sum_k exp(l_ik)).
   A query that may see no key gets 0.
   """
   logits = jnp.where(allowed, logits_BxHxQxK.astype(jnp.float32), 0.0)
   peak = jnp.max(jnp.where(allowed, logits, -jnp.inf), -1, keepdims=True)
-  weights = jnp.where(allowed, jnp.exp(logits - jnp.where(allowed.any(
-      -1, keepdims=True), peak, 0.0)), 0.0)
-  total = jnp.sum(weights, -1, keepdims=True)
+  peak = jnp.where(allowed.any(-1, keepdims=True), peak, 0.0)
+  sink = (jnp.full((logits.shape[1],), -jnp.inf) if sink_logit_H is None
+          else sink_logit_H)[None, :, None, None]
+  peak = jnp.maximum(peak, sink)
+  weights = jnp.where(allowed, jnp.exp(logits - peak), 0.0)
+  total = jnp.sum(weights, -1, keepdims=True) + jnp.exp(sink - peak)
   weights = weights / jnp.where(total > 0, total, 1.0)
   return jnp.einsum('bhqk,bkhd->bqhd', weights,
                     value_BxKxHxD.astype(jnp.float32))
@@ -115,7 +131,8 @@ class Softmax(base.Mechanism):
     if inputs.bias_BxHxQxK is not None:
       logits_BxHxQxK += inputs.bias_BxHxQxK
     return softmax_weighted_sum(logits_BxHxQxK, value_BxKxHxD,
-                                inputs.mask.dense(), inputs.dropout)
+                                inputs.mask.dense(), inputs.dropout,
+                                inputs.sink_logit_H)
 
   def reference(self, params, inputs, path=()):
     del path
@@ -128,4 +145,4 @@ class Softmax(base.Mechanism):
       logits = logits + inputs.bias_BxHxQxK
     return reference_softmax_attention(
         logits, base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads),
-        base.reference_mask(inputs))
+        base.reference_mask(inputs), inputs.sink_logit_H)

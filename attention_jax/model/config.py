@@ -36,11 +36,14 @@ class TransformerConfig:
   # False: after the residual sum, as in Vaswani et al. 2017.
   pre_layer_norm: bool = True
   # Registry name of the attention mechanism used everywhere, unless a
-  # place-specific override below is set.
+  # place-specific override below is set. An override is one name for every
+  # layer of its stack, or a tuple of one name per layer (a hybrid stack:
+  # ('linear', 'linear', 'linear', 'softmax')); the encoder's stack for
+  # encoder_self_attention, the decoder's for the other two.
   attention: str = 'softmax'
-  encoder_self_attention: str | None = None
-  decoder_self_attention: str | None = None
-  cross_attention: str | None = None
+  encoder_self_attention: str | tuple[str, ...] | None = None
+  decoder_self_attention: str | tuple[str, ...] | None = None
+  cross_attention: str | tuple[str, ...] | None = None
   # (name, options) of the mechanisms in use; a mechanism not listed runs
   # with its default options.
   attention_options: tuple[tuple[str, Any], ...] = ()
@@ -55,6 +58,12 @@ class TransformerConfig:
   # or 'pallas' (TPU); unsupported choices fall back to 'xla' with one log
   # line.
   implementation: str = 'auto'
+  # Normalisation of queries and keys ('none', 'rms', 'l2'), the initial
+  # gain of 'l2', and the attention sink ('none', 'learned', 'zero'); see
+  # attention/frame.py AttentionConfig.
+  qk_norm: str = 'none'
+  qk_norm_gain: float = 12.0
+  attention_sink: str = 'none'
   dtype: Any = jnp.float32
   deterministic: bool = False
   decode: bool = False
@@ -62,14 +71,29 @@ class TransformerConfig:
   def replace(self, **changes) -> 'TransformerConfig':
     return dataclasses.replace(self, **changes)
 
-  def attention_for(self, place: str) -> str:
+  def attention_for(self, place: str, layer_index: int = 0) -> str:
     """Mechanism name for 'encoder_self_attention', 'decoder_self_attention'
-    or 'cross_attention'."""
-    return getattr(self, place) or self.attention
+    or 'cross_attention' in the stack's layer `layer_index` (from 0)."""
+    names = getattr(self, place) or self.attention
+    if isinstance(names, str):
+      return names
+    if len(names) != self.num_layers(place):
+      raise ValueError(
+          f'{place}={names} names {len(names)} layers, but the stack has '
+          f'{self.num_layers(place)}.')
+    return names[layer_index]
 
-  def attention_config(self, place: str) -> frame.AttentionConfig:
-    """The attention layer's hyper-parameters at `place` (see PLACES)."""
-    mechanism = self.attention_for(place)
+  def num_layers(self, place: str) -> int:
+    """Layers of the stack `place` is in."""
+    if place == 'encoder_self_attention':
+      return self.num_encoder_layers
+    return self.num_decoder_layers
+
+  def attention_config(self, place: str,
+                       layer_index: int = 0) -> frame.AttentionConfig:
+    """The attention layer's hyper-parameters at `place` (see PLACES) in the
+    stack's layer `layer_index`."""
+    mechanism = self.attention_for(place, layer_index)
     return frame.AttentionConfig(
         mechanism=mechanism,
         options=dict(self.attention_options).get(mechanism),
@@ -80,6 +104,10 @@ class TransformerConfig:
         position_options=self.position_options,
         dropout_rate=self.attention_dropout_rate,
         implementation=self.implementation,
+        qk_norm=self.qk_norm,
+        qk_norm_gain=self.qk_norm_gain,
+        attention_sink=self.attention_sink,
+        layer_index=layer_index,
         dtype=self.dtype,
         deterministic=self.deterministic,
         # The encoder runs once over the whole source, also in decoding.

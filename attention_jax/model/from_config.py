@@ -42,10 +42,42 @@ def check_not_legacy(model: ml_collections.ConfigDict, source: str) -> None:
     )
 
 
+def layer_mechanisms(model: ml_collections.ConfigDict,
+                     place: str) -> tuple[str, ...]:
+  """The mechanism of each layer at `place`, from a config's one name or
+  comma-separated list of one name per layer ('linear,linear,softmax').
+
+  Raises:
+    ValueError: when a list's length is not the stack's number of layers.
+  """
+  field = model[place] or model.attention
+  names = tuple(name.strip() for name in field.split(','))
+  layers = (model.num_encoder_layers if place == 'encoder_self_attention'
+            else model.num_decoder_layers)
+  if len(names) == 1:
+    return names * layers
+  if len(names) != layers:
+    stack = 'encoder' if place == 'encoder_self_attention' else 'decoder'
+    raise ValueError(
+        f'config.model.{place}={field!r} names {len(names)} mechanisms, one '
+        f'per layer, but the {stack} has {layers} layers; give one name for '
+        f'every layer or {layers} comma-separated names.')
+  return names
+
+
 def mechanisms_in_use(model: ml_collections.ConfigDict) -> list[str]:
-  """Names of the mechanisms the model's places use, in place order."""
-  names = [model[place] or model.attention for place in PLACES]
+  """Names of the mechanisms the model's layers use, in place order."""
+  names = [name for place in PLACES
+           for name in layer_mechanisms(model, place)]
   return list(dict.fromkeys(names))
+
+
+def _place_field(model, place: str):
+  """None (the `attention` field), one name, or a tuple of one per layer."""
+  if not model[place]:
+    return None
+  names = layer_mechanisms(model, place)
+  return names[0] if len(set(names)) == 1 else names
 
 
 def transformer_config(
@@ -79,7 +111,7 @@ def transformer_config(
       ),
       position_options=positions.SCHEMES.options(
           scheme, position_options.get(scheme)),
-      **{place: model.get(place) or None for place in PLACES},
+      **{place: _place_field(config.model, place) for place in PLACES},
   )
   return TransformerConfig(
       vocab_size=vocab_size,

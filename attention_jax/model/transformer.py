@@ -76,12 +76,13 @@ class Residual(nn.Module):
 
 class EncoderLayer(nn.Module):
   cfg: TransformerConfig
+  index: int = 0
 
   @nn.compact
   def __call__(self, x, segment_ids, positions):
     cfg = self.cfg
     self_attention = MultiHeadAttention(
-        cfg.attention_config('encoder_self_attention'), causal=False,
+        cfg.attention_config('encoder_self_attention', self.index), causal=False,
         self_attention=True, name='self_attention',
     )
     x = Residual(cfg, name='attention_block')(
@@ -95,17 +96,18 @@ class EncoderLayer(nn.Module):
 
 class DecoderLayer(nn.Module):
   cfg: TransformerConfig
+  index: int = 0
 
   @nn.compact
   def __call__(self, y, encoded, target_segment_ids, source_segment_ids,
                target_positions, source_positions):
     cfg = self.cfg
     self_attention = MultiHeadAttention(
-        cfg.attention_config('decoder_self_attention'), causal=True,
+        cfg.attention_config('decoder_self_attention', self.index), causal=True,
         self_attention=True, name='self_attention',
     )
     cross_attention = MultiHeadAttention(
-        cfg.attention_config('cross_attention'), causal=False,
+        cfg.attention_config('cross_attention', self.index), causal=False,
         self_attention=False, name='cross_attention',
     )
     y = Residual(cfg, name='self_attention_block')(
@@ -162,11 +164,11 @@ class Transformer(nn.Module):
     self.position_embed = scheme.embedding(cfg.emb_dim, cfg.max_len,
                                            cfg.dtype)
     self.encoder_layers = [
-        EncoderLayer(cfg, name=f'encoder_{i}')
+        EncoderLayer(cfg, i, name=f'encoder_{i}')
         for i in range(cfg.num_encoder_layers)
     ]
     self.decoder_layers = [
-        DecoderLayer(cfg, name=f'decoder_{i}')
+        DecoderLayer(cfg, i, name=f'decoder_{i}')
         for i in range(cfg.num_decoder_layers)
     ]
     self.decode_positions = DecodePositions(name='decode_positions')

@@ -93,6 +93,7 @@ RANGES: dict[str, Range] = {
     'model.mlp_dim': _COUNT,
     'model.dropout_rate': _PROBABILITY,
     'model.attention_dropout_rate': _PROBABILITY,
+    'model.qk_norm_gain': _POSITIVE,
     'optimizer.learning_rate': _POSITIVE,
     'optimizer.warmup_steps': _NON_NEGATIVE_INT,
     'optimizer.beta1': _PROBABILITY,
@@ -198,35 +199,13 @@ def _check_attention(model: ml_collections.ConfigDict) -> None:
   for name, values in model.position_options.items():
     positions.SCHEMES.options(name, values)
   for place in PLACES:
-    name = model[place] or model.attention
     field = f'config.model.{place if model[place] else "attention"}'
     try:
-      cls = attention.get(name)
+      names = from_config.layer_mechanisms(model, place)
     except ValueError as e:
-      raise ValueError(f'{field}: {e}') from None
-    causal = place == 'decoder_self_attention'
-    self_attention = place != 'cross_attention'
-    if causal and not cls.capabilities.causal:
-      raise ValueError(
-          f'{field}={name!r} cannot be causal, so it cannot be the decoder '
-          'self-attention; choose one of: '
-          f'{_names_where(lambda c: c.capabilities.causal)} (or set '
-          'config.model.decoder_self_attention to keep it elsewhere).'
-      )
-    try:
-      frame.check_place(cls, scheme, causal=causal,
-                        self_attention=self_attention)
-    except ValueError:
-      honouring = _names_where(
-          lambda c: scheme.name in c.capabilities.position_schemes)
-      raise ValueError(
-          f'config.model.position_scheme={scheme.name!r} acts inside '
-          f'self-attention ({scheme.acts_in}), but {field}={name!r} (the '
-          f'{place.replace("_", " ")}) does not honour it, so the model '
-          f'would be blind to positions there; use one of: {honouring}, or '
-          'a scheme added to the embeddings: '
-          f'{_names_where_scheme(positions.EMBEDDING)}.'
-      ) from None
+      raise ValueError(str(e)) from None
+    for name in dict.fromkeys(names):
+      _check_place(model, scheme, place, field, name)
   _check_implementation(model)
   kv_heads = model.num_kv_heads
   if kv_heads and model.num_heads % kv_heads:
@@ -239,6 +218,78 @@ def _check_attention(model: ml_collections.ConfigDict) -> None:
     scheme().check(model.qkv_dim // model.num_heads)
   except ValueError as e:
     raise ValueError(f'config.model.{e}') from None
+
+
+def _check_place(model, scheme, place: str, field: str, name: str) -> None:
+  """`name` exists and can serve `place` under the model's options."""
+  try:
+    cls = attention.get(name)
+  except ValueError as e:
+    raise ValueError(f'{field}: {e}') from None
+  causal = place == 'decoder_self_attention'
+  self_attention = place != 'cross_attention'
+  caps = cls.capabilities
+  if causal and not caps.causal:
+    raise ValueError(
+        f'{field}={name!r} cannot be causal, so it cannot be the decoder '
+        'self-attention; choose one of: '
+        f'{_names_where(lambda c: c.capabilities.causal)} (or set '
+        'config.model.decoder_self_attention to keep it elsewhere).'
+    )
+  for able, where, other in (
+      (caps.bidirectional or not self_attention or causal,
+       'the encoder self-attention (non-causal)', 'encoder_self_attention'),
+      (caps.cross_attention or self_attention, 'cross-attention',
+       'cross_attention')):
+    if not able:
+      raise ValueError(
+          f'{field}={name!r} is not defined for {where}, so it cannot be '
+          f'the {place.replace("_", " ")}; set config.model.{other} to one '
+          f'of: {_names_where(lambda c, a=other: _serves(c, a))} (or use '
+          f'{name!r} only in config.model.decoder_self_attention).'
+      )
+  for option, values, needs in (
+      ('qk_norm', frame.QK_NORMS, 'query and key projections'),
+      ('attention_sink', frame.SINKS, 'a softmax denominator')):
+    value = model[option]
+    if value not in values:
+      raise ValueError(
+          f'config.model.{option}={value!r}; valid choices are: '
+          f'{", ".join(values)}.')
+    if value != 'none' and not _allows(cls, option):
+      raise ValueError(
+          f'config.model.{option}={value!r} needs {needs}, which {field}='
+          f'{name!r} (the {place.replace("_", " ")}) does not have; use it '
+          f'with one of: {_names_where(lambda c, o=option: _allows(c, o))}, '
+          f"or set config.model.{option}='none'."
+      )
+  try:
+    frame.check_place(cls, scheme, causal=causal,
+                      self_attention=self_attention)
+  except ValueError:
+    honouring = _names_where(
+        lambda c: scheme.name in c.capabilities.position_schemes)
+    raise ValueError(
+        f'config.model.position_scheme={scheme.name!r} acts inside '
+        f'self-attention ({scheme.acts_in}), but {field}={name!r} (the '
+        f'{place.replace("_", " ")}) does not honour it, so the model '
+        f'would be blind to positions there; use one of: {honouring}, or '
+        'a scheme added to the embeddings: '
+        f'{_names_where_scheme(positions.EMBEDDING)}.'
+    ) from None
+
+
+def _serves(cls, place: str) -> bool:
+  caps = cls.capabilities
+  return caps.bidirectional if place == 'encoder_self_attention' else (
+      caps.cross_attention)
+
+
+def _allows(cls, option: str) -> bool:
+  caps = cls.capabilities
+  if option == 'qk_norm':
+    return {'query', 'key'} <= set(caps.projections)
+  return caps.sink
 
 
 def _names_where_scheme(acts_in: str) -> str:

@@ -55,8 +55,9 @@ def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
 
 def _fixed_fields(flat: dict[str, Any]) -> list[str]:
   """Dotted names of the fields a checkpoint of this config depends on."""
-  in_use = {flat.get(f'model.{place}') or flat.get('model.attention')
-            for place in PLACES}
+  in_use = {name.strip() for place in PLACES
+            for name in (flat.get(f'model.{place}')
+                         or flat.get('model.attention')).split(',')}
   fields = []
   for name in flat:
     parts = name.split('.')

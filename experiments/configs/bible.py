@@ -31,7 +31,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   # A name from attention_jax.attention.names().
   config.model.attention = 'softmax'
-  # Per-place overrides of `attention`; '' keeps `attention` there.
+  # Per-place overrides of `attention`; '' keeps `attention` there. A
+  # comma-separated list gives one mechanism per layer of the stack (a
+  # hybrid: 'linear,linear,softmax' for three decoder layers).
   config.model.encoder_self_attention = ''
   config.model.decoder_self_attention = ''
   config.model.cross_attention = ''
@@ -50,6 +52,14 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       positions.SCHEMES.default_options())
   # Fused kernel of mechanisms that have one: 'auto', 'xla', 'cudnn', 'pallas'.
   config.model.implementation = 'auto'
+  # Per-head normalisation of queries and keys: 'none', 'rms' (learned
+  # scale per channel) or 'l2' (logits g * cos(q, k), g learned per head
+  # from qk_norm_gain; Henry et al., 2020).
+  config.model.qk_norm = 'none'
+  config.model.qk_norm_gain = 12.0
+  # A sink logit per head in the softmax denominator: 'none', 'learned' or
+  # 'zero' (softmax-off-by-one); for mechanisms with a softmax.
+  config.model.attention_sink = 'none'
   config.model.emb_dim = 256
   config.model.num_heads = 4
   config.model.num_encoder_layers = 3
