@@ -8,12 +8,23 @@ memory never counts against another and a failure cannot take the sweep
 down. A process builds the attention frame with the variant (what the
 Transformer runs: projections included),
 compiles one self-attention call on [1, length, 512] inputs (8 heads of 64,
-float32, non-causal) and times it. Its peak memory is its peak resident set
+float32; non-causal, except for mechanisms defined only as causal
+self-attention) and times it. Its peak memory is its peak resident set
 size minus that of an identical process that only imports and builds
 parameters and inputs. Each process runs under an address-space limit, so a
 call that needs more memory than the machine has fails cleanly and is
 reported as 'oom' instead of swapping; one that runs past --timeout is
 reported as 'timeout'.
+
+It also reports each mechanism's decoding cache in bytes per layer: the part
+that grows with every decoded token (keys and values, or what replaces them)
+and the part of constant size (a recurrent state), from the shapes of the
+frame's 'cache' collection (`jax.eval_shape`, nothing computed) in causal
+self-attention, or in cross-attention for mechanisms that cannot be causal.
+
+With --json_out naming an existing file, the measured variants' rows replace
+theirs in it and the other rows stay, so new mechanisms can be added to a
+shipped sweep.
 """
 
 import dataclasses
@@ -72,18 +83,53 @@ _BATCH, _HEADS, _HEAD_DIM = 1, 8, 64
 _EMB_DIM = _HEADS * _HEAD_DIM
 
 
-def _build(variant: str, length: int):
-  """The module, its parameters and the inputs of one measurement."""
+def _config(variant: str, **changes) -> frame.AttentionConfig:
   sizes = {'chunk_size': _CHUNK_SIZE.value, 'window_size': _WINDOW_SIZE.value}
   fields = {f.name for f in dataclasses.fields(attention.get(variant).Options)}
-  config = frame.AttentionConfig(
+  return frame.AttentionConfig(
       mechanism=variant,
       options=attention.MECHANISMS.options(
           variant, {k: v for k, v in sizes.items() if k in fields}),
       num_heads=_HEADS, head_dim=_HEAD_DIM, dtype=jnp.float32,
-      deterministic=True,
+      deterministic=True, **changes,
   )
-  module = frame.MultiHeadAttention(config, causal=False, self_attention=True)
+
+
+def measured_causal(variant: str) -> bool:
+  """Whether the timed call is causal: only for causal-only mechanisms."""
+  return not attention.get(variant).capabilities.bidirectional
+
+
+def decoding_cache_bytes(variant: str) -> dict:
+  """Bytes of one layer's decoding cache per row: {'per_token', 'constant'}.
+
+  From the cache's shapes at two decode (or memory) lengths: what grows
+  with the length is per token, the rest is constant.
+  """
+  caps = attention.get(variant).capabilities
+  module = frame.MultiHeadAttention(
+      _config(variant, decode=True), causal=caps.causal,
+      self_attention=caps.causal)
+
+  def total(length: int) -> int:
+    x = jax.ShapeDtypeStruct((1, length, _EMB_DIM), jnp.float32)
+    ids = jax.ShapeDtypeStruct((1, length), jnp.int32)
+    cache = jax.eval_shape(
+        lambda x, ids: module.init(jax.random.key(0), x, x, ids, ids), x,
+        ids)['cache']
+    return sum(leaf.size * leaf.dtype.itemsize
+               for leaf in jax.tree.leaves(cache))
+
+  short, long = total(64), total(128)
+  per_token = (long - short) // 64
+  return {'per_token': per_token, 'constant': short - 64 * per_token}
+
+
+def _build(variant: str, length: int):
+  """The module, its parameters and the inputs of one measurement."""
+  module = frame.MultiHeadAttention(_config(variant),
+                                    causal=measured_causal(variant),
+                                    self_attention=True)
   x = jax.random.normal(jax.random.key(0), (_BATCH, length, _EMB_DIM))
   segment_ids = jnp.ones((_BATCH, length), jnp.int32)
   positions = jnp.broadcast_to(jnp.arange(length), (_BATCH, length))
@@ -228,15 +274,30 @@ def main(argv) -> None:
     return
   variants = _VARIANTS.value or attention.names()
   lengths = [int(length) for length in _LENGTHS.value]
+  caches = {variant: decoding_cache_bytes(variant) for variant in variants}
+  print('Decoding cache of one layer, bytes per row (width 512, 8 heads):')
+  print(f"{'variant':>16} {'per token':>10} {'constant':>10}")
+  for variant, cache in caches.items():
+    print(f"{variant:>16} {cache['per_token']:>10,} {cache['constant']:>10,}")
   print(f"{'variant':>16} {'length':>7} {'mode':>16} {'seconds':>10} "
         f"{'peak MiB':>12} {'XLA temp MiB':>12}", flush=True)
   results = _measure_all(variants, lengths, _MODES.value)
+  for result in results:
+    result['causal'] = measured_causal(result['variant'])
   if _JSON_OUT.value:
+    if os.path.exists(_JSON_OUT.value):
+      with open(_JSON_OUT.value) as f:
+        old = json.load(f)
+      results = [r for r in old['results'] if r['variant'] not in variants
+                 ] + results
+      caches = {**{k: v for k, v in old.get('decoding_cache_bytes', {})
+                   .items() if k not in variants}, **caches}
     with open(_JSON_OUT.value, 'w') as f:
       json.dump({
           'setup': {
               'batch': _BATCH, 'heads': _HEADS, 'head_dim': _HEAD_DIM,
-              'dtype': 'float32', 'causal': False,
+              'dtype': 'float32',
+              'causal': 'only for mechanisms defined only as causal',
               'chunk_size': _CHUNK_SIZE.value,
               'window_size': _WINDOW_SIZE.value,
               'memory_limit_gb': _MEMORY_LIMIT_GB.value,
@@ -244,6 +305,7 @@ def main(argv) -> None:
               'cpus': os.cpu_count(), 'platform': sys.platform,
           },
           'results': results,
+          'decoding_cache_bytes': caches,
       }, f, indent=1)
 
 

@@ -42,7 +42,11 @@ def _refusal(config) -> str:
 
 def _place(name):
   """Config overrides that put mechanism `name` everywhere it can go."""
-  return {'attention' if name in CAUSAL else 'cross_attention': name}
+  caps = attention.get(name).capabilities
+  if caps.causal and caps.bidirectional and caps.cross_attention:
+    return {'attention': name}
+  return {'decoder_self_attention' if caps.causal else 'cross_attention':
+          name}
 
 
 @pytest.mark.parametrize('name, scheme', [

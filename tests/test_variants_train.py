@@ -35,9 +35,13 @@ def train_batches(data_dir, tmp_path_factory):
 
 def _placement(name):
   """Config overrides that put mechanism `name` everywhere it can go: a
-  mechanism that cannot be causal goes to cross-attention only."""
-  if attention.get(name).capabilities.causal:
+  causal-only one is the decoder self-attention, a mechanism that cannot be
+  causal goes to cross-attention only."""
+  caps = attention.get(name).capabilities
+  if caps.causal and caps.bidirectional and caps.cross_attention:
     return {'attention': name}
+  if caps.causal:
+    return {'decoder_self_attention': name}
   return {'cross_attention': name}
 
 

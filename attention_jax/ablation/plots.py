@@ -33,7 +33,8 @@ def mechanisms(entries: list[dict], base_config: dict) -> list[str]:
         model[field[len('model.'):]] = value
     for field in _ATTENTION_FIELDS:
       if model.get(field):
-        names.append(model[field])
+        # A hybrid stack lists one mechanism per layer.
+        names.extend(name.strip() for name in model[field].split(','))
   return list(dict.fromkeys(names))
 
 

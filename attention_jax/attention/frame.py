@@ -255,14 +255,14 @@ class MultiHeadAttention(nn.Module):
                            part.init(nn.initializers.ones, part.HEAD_DIM),
                            (config.head_dim,), jnp.float32)
       x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6)
-      return (x * scale_D).astype(x_BxLxHxD.dtype)
+      return (x * scale_D[None, None, None]).astype(x_BxLxHxD.dtype)
     x = x * jax.lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-12)
     if name == 'query':
       gain_H = self.param(
           'qk_norm_gain',
           part.init(nn.initializers.constant(config.qk_norm_gain), part.HEADS),
           (x.shape[2],), jnp.float32)
-      x = x * (gain_H[:, None] * jnp.sqrt(config.head_dim))
+      x = x * (gain_H[None, None, :, None] * jnp.sqrt(config.head_dim))
     return x.astype(x_BxLxHxD.dtype)
 
   def _sink_logit(self):
