@@ -108,7 +108,7 @@ def _core_inputs(name, *, causal, self_attention, seed=0):
       mask=masks.TokenMask(q_seg, kv_seg, _positions(q_seg),
                            _positions(kv_seg), causal=causal),
       bias_BxHxQxK=bias, self_attention=self_attention, causal=causal,
-      num_heads=HEADS,
+      num_heads=HEADS, head_dim=DEPTH,
   )
 
 

@@ -136,6 +136,8 @@ class AttentionInputs:
     decoding: one query step against a decoding cache (queries and keys no
       longer share an index axis; positions say where each one is).
     num_heads: H, the query heads the output must have.
+    head_dim: D, the size of each head the output must have (for
+      mechanisms that make their own projections).
     key_extras: the mechanism's own per-key quantities (`key_extras`), each
       [B, K, ...]; in decoding self-attention, the whole cache of them.
     rotate: the position scheme's rotation, (x_BxLxHxD, positions_BxL) ->
@@ -163,6 +165,7 @@ class AttentionInputs:
   causal: bool = False
   decoding: bool = False
   num_heads: int = 0
+  head_dim: int = 0
   key_extras: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
   rotate: Callable[[jax.Array, jax.Array], jax.Array] = (
       lambda x, positions: x)

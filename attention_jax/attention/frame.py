@@ -310,6 +310,7 @@ class MultiHeadAttention(nn.Module):
         dropout_rate=config.dropout_rate if dropout is not None else 0.0,
         self_attention=self.self_attention, causal=self.causal,
         decoding=decoding, num_heads=config.num_heads,
+        head_dim=config.head_dim,
         key_extras=extras or {},
         rotate=self._rotation(scheme),
         sink_logit_H=sink, inputs_kv_BxKxE=inputs_kv,
