@@ -42,7 +42,11 @@ def _refusal(config) -> str:
 
 def _place(name):
   """Config overrides that put mechanism `name` everywhere it can go."""
-  return {'attention' if name in CAUSAL else 'cross_attention': name}
+  caps = attention.get(name).capabilities
+  return {place: name for place, able in (
+      ('decoder_self_attention', caps.causal),
+      ('encoder_self_attention', caps.bidirectional),
+      ('cross_attention', caps.cross_attention)) if able}
 
 
 @pytest.mark.parametrize('name, scheme', [
