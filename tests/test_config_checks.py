@@ -43,10 +43,10 @@ def _refusal(config) -> str:
 def _place(name):
   """Config overrides that put mechanism `name` everywhere it can go."""
   caps = attention.get(name).capabilities
-  if caps.causal and caps.bidirectional and caps.cross_attention:
-    return {'attention': name}
-  return {'decoder_self_attention' if caps.causal else 'cross_attention':
-          name}
+  return {place: name for place, able in (
+      ('decoder_self_attention', caps.causal),
+      ('encoder_self_attention', caps.bidirectional),
+      ('cross_attention', caps.cross_attention)) if able}
 
 
 @pytest.mark.parametrize('name, scheme', [

@@ -224,7 +224,8 @@ class Mechanism:
     self.layer_index = layer_index
 
   def key_extras(self, module: nn.Module, inputs_kv_BxKxE,
-                 kv_positions_BxK, rotate) -> dict[str, jax.Array]:
+                 kv_positions_BxK, rotate,
+                 num_heads: int) -> dict[str, jax.Array]:
     """Per-key quantities `attend` needs beyond projected keys and values.
 
     Computed by the frame from the key-side inputs (in the frame's scope,
@@ -238,8 +239,10 @@ class Mechanism:
       inputs_kv_BxKxE: the key-side inputs.
       kv_positions_BxK: int32 positions of the keys.
       rotate: as `AttentionInputs.rotate`.
+      num_heads: H, the query heads (per-head extras such as a forget gate
+        need it before any query exists).
     """
-    del module, inputs_kv_BxKxE, kv_positions_BxK, rotate
+    del module, inputs_kv_BxKxE, kv_positions_BxK, rotate, num_heads
     return {}
 
   def attend(self, module: nn.Module, inputs: AttentionInputs) -> jax.Array:

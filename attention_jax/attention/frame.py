@@ -210,7 +210,7 @@ class MultiHeadAttention(nn.Module):
         query = _apply(rotate, query, q_positions_BxQ)
         key = _apply(rotate, key, kv_positions_BxK)
         extras = mechanism.key_extras(self, inputs_kv_BxKxE, kv_positions_BxK,
-                                      rotate)
+                                      rotate, config.num_heads)
         mask = masks.TokenMask(q_segment_ids_BxQ, kv_segment_ids_BxK,
                                q_positions_BxQ, kv_positions_BxK,
                                causal=self.causal)
@@ -362,7 +362,8 @@ class MultiHeadAttention(nn.Module):
       return out
 
     # The cache holds, per slot, everything `attend` reads of a key.
-    extras = mechanism.key_extras(self, inputs_q, step_positions, rotate)
+    extras = mechanism.key_extras(self, inputs_q, step_positions, rotate,
+                                  self.config.num_heads)
     per_key = {name: x for name, x in
                dict(key=key_step, value=value_step, **extras).items()
                if x is not None}
@@ -407,7 +408,7 @@ class MultiHeadAttention(nn.Module):
         memory = {'key': key, 'value': value, 'segment_ids': real_BxK,
                   'extras': mechanism.key_extras(
                       self, inputs_kv_BxKxE, kv_positions,
-                      self._rotation(None))}
+                      self._rotation(None), self.config.num_heads)}
       else:
         memory = mechanism.summarise(self, key, value, real_BxK,
                                      self.config.num_heads)

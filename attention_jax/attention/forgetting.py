@@ -1,0 +1,142 @@
+"""Forgetting attention (Lin et al., 2025, "Forgetting Transformer: Softmax
+Attention with a Forget Gate", FoX, ICLR 2025).
+
+Softmax attention whose logits are down-weighted by a data-dependent forget
+gate per head, f_t = sigmoid(x_t w_f + b_f) (w_f: E x H, b_f: H), read from
+the key-side inputs x:
+
+  z_ij = q_i·k_j / sqrt(d) + D_ij,   D_ij = sum_{l=j+1}^{i} log f_l,
+  o_i  = sum_j softmax_j(z_ij) v_j   over the keys query i may see.
+
+D_ij <= 0 decays a key by the gates of the tokens after it up to the query;
+D_ii = 0. The paper defines causal self-attention. Non-causal (encoder)
+self-attention uses the bidirectional form of the same definition, sum of
+log f over the span between key and query: D_ij = sum of log f_l for l in
+(min(i, j), max(i, j)]. The paper defines no cross-attention form, so none
+is offered. As in the official code, w_f starts small (normal, std 0.02)
+and b_f at 0. This is the basic FoX; the "Pro" block's output gate, output
+normalisation, QK-norm and key/value shifts are not included (the model's
+own `qk_norm` applies to the queries and keys as to softmax attention).
+
+The gates are key extras: computed per token by `key_extras` and kept per
+slot in the decoding cache, so a decoding step forms D from the cached
+gates up to the query's own slot.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attention_jax import partitioning as part
+from attention_jax.attention import base
+from attention_jax.attention import registry
+from attention_jax.attention import softmax
+
+
+def _decay(log_forget_BxHxK, query_slot_BxQ, causal: bool):
+  """D [B, H, Q, K]: the sum of log f over the span between key and query.
+
+  Per query, log f of the slots up to its own are summed from the far end
+  towards the key (a reverse cumulative sum); the encoder adds the slots
+  after it summed forwards. Every partial sum only grows in magnitude, so
+  D is never the difference of two long prefix sums, whose float32 rounding
+  (relative to their size, thousands at 4k tokens with strong forgetting)
+  would swamp the small D of nearby keys.
+  """
+  slots_K = jnp.arange(log_forget_BxHxK.shape[-1])
+  upto_Bx1xQxK = (slots_K[None, None, :]
+                  <= query_slot_BxQ[:, :, None])[:, None]
+  log_f_Bx1xK = log_forget_BxHxK[:, :, None, :]
+  back_BxHxQxK = jax.lax.cumsum(jnp.where(upto_Bx1xQxK, log_f_Bx1xK, 0.0),
+                                axis=3, reverse=True)
+  # The key's own gate is not part of its span: shift by one slot.
+  decay_BxHxQxK = jnp.pad(back_BxHxQxK[..., 1:], [(0, 0)] * 3 + [(0, 1)])
+  if not causal:
+    decay_BxHxQxK += jax.lax.cumsum(
+        jnp.where(upto_Bx1xQxK, 0.0, log_f_Bx1xK), axis=3)
+  return decay_BxHxQxK
+
+
+@registry.register('forgetting')
+class Forgetting(base.Mechanism):
+  """softmax(q k^T / sqrt(d) + D + bias) v, D from per-head forget gates.
+
+  Parameters: the frame's, plus 'forget_gate' (kernel [E, H], bias [H]).
+  """
+
+  capabilities = base.Capabilities(
+      causal=True,
+      bidirectional=True,
+      cross_attention=False,
+      decoding_state=base.DecodingState.KV_CACHE,
+      score_bias=True,
+      position_schemes=frozenset({'rope', 'alibi', 'relative_bias'}),
+      attention_weights=True,
+      sink=True,
+  )
+
+  def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate,
+                 num_heads):
+    del kv_positions_BxK, rotate
+    # In float32: D sums thousands of these, so their rounding adds up.
+    gate_logits_BxKxH = nn.DenseGeneral(
+        features=num_heads,
+        dtype=jnp.float32,
+        kernel_init=part.init(nn.initializers.normal(0.02), part.EMBED,
+                              part.HEADS),
+        bias_init=part.init(nn.initializers.zeros, part.HEADS),
+        name='forget_gate',
+        parent=module,
+    )(inputs_kv_BxKxE.astype(jnp.float32))
+    return {'log_forget': jax.nn.log_sigmoid(gate_logits_BxKxH)}
+
+  def attend(self, module, inputs):
+    del module
+    num_heads = inputs.query_BxQxHxD.shape[2]
+    key_BxKxHxD = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads)
+    value_BxKxHxD = base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads)
+    logits_BxHxQxK = softmax.dot_product_scores(
+        inputs.query_BxQxHxD, key_BxKxHxD).astype(jnp.float32)
+    if inputs.bias_BxHxQxK is not None:
+      logits_BxHxQxK += inputs.bias_BxHxQxK
+    num_q, num_k = logits_BxHxQxK.shape[2:]
+    if inputs.decoding:
+      # The step's query is the cache slot at its position.
+      query_slot_BxQ = inputs.mask.q_positions_BxQ
+    else:
+      # Queries are the last Q of the keys' sequence (Q = K here).
+      query_slot_BxQ = jnp.broadcast_to(
+          jnp.arange(num_q) + num_k - num_q, inputs.mask.q_positions_BxQ.shape)
+    log_forget_BxHxK = jnp.moveaxis(inputs.key_extras['log_forget'], 2, 1)
+    logits_BxHxQxK += _decay(log_forget_BxHxK.astype(jnp.float32),
+                             query_slot_BxQ, inputs.causal)
+    return softmax.softmax_weighted_sum(
+        logits_BxHxQxK, value_BxKxHxD, inputs.mask.dense(), inputs.dropout,
+        inputs.sink_logit_H)
+
+  def reference(self, params, inputs, path=()):
+    del path
+    num_heads = inputs.query_BxQxHxD.shape[2]
+    query = inputs.query_BxQxHxD.astype(jnp.float32)
+    key = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads).astype(
+        jnp.float32)
+    logits = jnp.moveaxis((query[:, :, None] * key[:, None]).sum(-1), 3, 1)
+    logits = logits / jnp.sqrt(query.shape[-1])
+    if inputs.bias_BxHxQxK is not None:
+      logits = logits + inputs.bias_BxHxQxK
+    x = inputs.inputs_kv_BxKxE.astype(jnp.float32)
+    gate = params['forget_gate']
+    a_BxKxH = (jnp.einsum('bke,eh->bkh', x, gate['kernel'])
+               + gate['bias'][None, None])
+    log_f_BxHxK = jnp.moveaxis(-jnp.log1p(jnp.exp(-a_BxKxH)), 2, 1)
+    num_q, num_k = logits.shape[2:]
+    i = (jnp.arange(num_q) + num_k - num_q)[:, None, None]
+    j = jnp.arange(num_k)[None, :, None]
+    l = jnp.arange(num_k)[None, None, :]
+    # l in (min(i, j), max(i, j)]: the span between key j and query i.
+    span_QxKxL = (jnp.minimum(i, j) < l) & (l <= jnp.maximum(i, j))
+    decay = jnp.sum(jnp.where(span_QxKxL[None, None],
+                              log_f_BxHxK[:, :, None, None, :], 0.0), -1)
+    return softmax.reference_softmax_attention(
+        logits + decay, base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads),
+        base.reference_mask(inputs), inputs.sink_logit_H)
