@@ -94,8 +94,10 @@ class MultiHeadLatent(base.Mechanism):
       sink=True,
   )
 
-  def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate):
+  def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate,
+                 num_heads):
     """The latent c [B, K, d_c] and the rotated shared key [B, K, d_R]."""
+    del num_heads  # The latent and the rotary key are shared by the heads.
     width = inputs_kv_BxKxE.shape[-1]
     rank, rope_dim = self.options.kv_lora_rank, self.options.rope_head_dim
     dtype = inputs_kv_BxKxE.dtype
