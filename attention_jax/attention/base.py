@@ -277,15 +277,21 @@ class Mechanism:
     raise NotImplementedError
 
   def step(self, module: nn.Module, state: Any, query_Bx1xHxD, key_Bx1xGxD,
-           value_Bx1xGxD) -> tuple[jax.Array, Any]:
-    """(output [B, 1, H, D], new state) for one decoding step."""
+           value_Bx1xGxD, key_extras) -> tuple[jax.Array, Any]:
+    """(output [B, 1, H, D], new state) for one decoding step.
+
+    `key_extras` is this step's token's `key_extras` (each [B, 1, ...]).
+    """
     raise NotImplementedError
 
   # Cross-attention decoding (DecodingState.RECURRENT and NONE).
 
   def summarise(self, module: nn.Module, key_BxKxGxD, value_BxKxGxD,
-                kv_segment_ids_BxK, num_heads: int) -> Any:
-    """What decoding keeps of the encoder memory, computed once."""
+                kv_segment_ids_BxK, num_heads: int, key_extras) -> Any:
+    """What decoding keeps of the encoder memory, computed once.
+
+    `key_extras` holds the memory's `key_extras` (each [B, K, ...]).
+    """
     raise NotImplementedError
 
   def read(self, module: nn.Module, summary: Any,

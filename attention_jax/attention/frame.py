@@ -349,6 +349,8 @@ class MultiHeadAttention(nn.Module):
     zeros = jnp.zeros((batch, length, self.config.num_heads,
                        self.config.head_dim), jnp.float32)
 
+    extras = mechanism.key_extras(self, inputs_q, step_positions, rotate,
+                                  self.config.num_heads)
     if mechanism.capabilities.decoding_state is DecodingState.RECURRENT:
       state = self.variable(
           'cache', 'state', mechanism.initial_state, self, key_step,
@@ -357,13 +359,11 @@ class MultiHeadAttention(nn.Module):
       if creating:
         return zeros
       out, state.value = mechanism.step(self, state.value, query_step,
-                                        key_step, value_step)
+                                        key_step, value_step, extras)
       cache_index.value += 1
       return out
 
     # The cache holds, per slot, everything `attend` reads of a key.
-    extras = mechanism.key_extras(self, inputs_q, step_positions, rotate,
-                                  self.config.num_heads)
     per_key = {name: x for name, x in
                dict(key=key_step, value=value_step, **extras).items()
                if x is not None}
@@ -403,15 +403,16 @@ class MultiHeadAttention(nn.Module):
       value = self._project('value', self.config.kv_heads, inputs_kv_BxKxE)
       # A decoded row holds one sentence: its real tokens are segment 1.
       real_BxK = (kv_segment_ids_BxK != 0).astype(jnp.int32)
+      extras = mechanism.key_extras(
+          self, inputs_kv_BxKxE,
+          _default_positions(batch, inputs_kv_BxKxE.shape[1]),
+          self._rotation(None), self.config.num_heads)
       if mechanism.capabilities.decoding_state is DecodingState.KV_CACHE:
-        kv_positions = _default_positions(batch, inputs_kv_BxKxE.shape[1])
         memory = {'key': key, 'value': value, 'segment_ids': real_BxK,
-                  'extras': mechanism.key_extras(
-                      self, inputs_kv_BxKxE, kv_positions,
-                      self._rotation(None), self.config.num_heads)}
+                  'extras': extras}
       else:
         memory = mechanism.summarise(self, key, value, real_BxK,
-                                     self.config.num_heads)
+                                     self.config.num_heads, extras)
       self.put_variable('cache', 'memory', memory)
       return jnp.zeros(out_shape, jnp.float32)
     memory = self.get_variable('cache', 'memory')

@@ -317,8 +317,10 @@ class Linear(base.Mechanism):
                                         jnp.finfo(jnp.float32).min)
     return state
 
-  def step(self, module, state, query_Bx1xHxD, key_Bx1xGxD, value_Bx1xGxD):
+  def step(self, module, state, query_Bx1xHxD, key_Bx1xGxD, value_Bx1xGxD,
+           key_extras):
     """Adds this step's key to the running sums, then attends with them."""
+    del key_extras
     query = query_Bx1xHxD.astype(jnp.float32)
     key, value = self._heads((key_Bx1xGxD, value_Bx1xGxD), query.shape[2])
     # A decoded row is one sentence; a single step's key is its own segment.
@@ -342,7 +344,8 @@ class Linear(base.Mechanism):
     return self.read(module, state, query), state
 
   def summarise(self, module, key_BxKxGxD, value_BxKxGxD, kv_segment_ids_BxK,
-                num_heads):
+                num_heads, key_extras):
+    del key_extras
     key, value = self._heads((key_BxKxGxD, value_BxKxGxD), num_heads)
     real_BxK = kv_segment_ids_BxK != 0
     phi_k, _ = self.key_features(module, key, real_BxK.astype(jnp.int32))

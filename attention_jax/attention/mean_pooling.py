@@ -54,8 +54,8 @@ class MeanPooling(base.Mechanism):
     return total / jnp.maximum(visible.sum(-1), 1.0)[..., None, None]
 
   def summarise(self, module, key_BxKxGxD, value_BxKxGxD, kv_segment_ids_BxK,
-                num_heads):
-    del module, key_BxKxGxD
+                num_heads, key_extras):
+    del module, key_BxKxGxD, key_extras
     real_Bx1xK = (kv_segment_ids_BxK != 0)[:, None, :]
     value = base.repeat_kv_heads(value_BxKxGxD, num_heads)
     return {'summary': _masked_mean(real_Bx1xK, value)}
