@@ -5,10 +5,14 @@
   python launch.py --mode=translate --workdir=DIR < spanish.txt
 
 A config with a `sweep()` is a study: see attention_jax/ablation/cli.py.
+`kill -USR1 PID` prints every thread's Python stack to the log (for a run
+that seems stuck, e.g. in a collective).
 """
 
+import faulthandler
 import logging as stdlib_logging
 import os
+import signal
 
 from absl import app
 from absl import flags
@@ -53,6 +57,7 @@ def _quiet_libraries(record) -> bool:
 
 def main(argv):
   del argv
+  faulthandler.register(signal.SIGUSR1, all_threads=True)
   logging.get_absl_handler().addFilter(_quiet_libraries)
   if _MODE.value == 'report':
     study_cli.report_workdir(_WORKDIR.value)

@@ -7,6 +7,9 @@ two simulated devices each; the reference is one process with four.
 import json
 import os
 import re
+import signal
+import subprocess
+import time
 
 import pytest
 
@@ -57,6 +60,14 @@ def test_two_processes_match_one_and_their_checkpoint_restores_in_one(
     ))
   try:
     codes = [p.wait(timeout=600) for p in processes]
+  except subprocess.TimeoutExpired:
+    # Every thread's stack goes to the logs quoted below (launch.py's
+    # SIGUSR1 handler), to show where the pair is stuck.
+    for p in processes:
+      if p.poll() is None:
+        p.send_signal(signal.SIGUSR1)
+    time.sleep(5)
+    codes = [p.poll() for p in processes]
   finally:
     # A process stuck in a collective ignores SIGTERM (JAX's preemption
     # handler waits for its peers); it must not outlive the test.
@@ -64,7 +75,7 @@ def test_two_processes_match_one_and_their_checkpoint_restores_in_one(
       if p.poll() is None:
         p.kill()
   outputs = [open(path).read() for path in logs]
-  assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert codes == [0, 0], outputs[0][-12000:] + outputs[1][-12000:]
 
   # Each process loaded only its half of every global batch of 16 rows.
   for index, output in enumerate(outputs):
