@@ -19,7 +19,7 @@ from attention_jax.train import train_state
 from experiments.configs import smoke
 
 
-NUM_STEPS = 150
+NUM_STEPS = 60
 
 
 @pytest.fixture(scope='module')
