@@ -154,7 +154,8 @@ class DeltaNet(base.Mechanism):
     key = unit(base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads))
     value = base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads).astype(
         jnp.float32)
-    q_seg, kv_seg = inputs.mask.q_segment_ids_BxQ, inputs.mask.kv_segment_ids_BxK
+    q_seg = inputs.mask.q_segment_ids_BxQ
+    kv_seg = inputs.mask.kv_segment_ids_BxK
     beta, log_alpha = self.reference_gates(params, inputs.inputs_kv_BxKxE)
     beta = beta * (kv_seg > 0)[..., None]
     log_alpha = log_alpha * (kv_seg > 0)[..., None]
