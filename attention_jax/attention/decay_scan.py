@@ -1,0 +1,391 @@
+"""Linear attention with a decaying state, shared by `retnet`, `gla` and
+`mamba2`.
+
+Each head keeps a d_k x d_v state and reads it with its query:
+
+  S_t = Diag(a_t) S_{t-1} + k_t^T v_t,    o_t = q_t S_t,
+
+where a_t in (0, 1] is token t's decay: one value per head (RetNet's fixed
+gamma, Mamba-2's exp(-Delta_t A)) or one per key channel (GLA). Mechanisms
+supply only their log-decays (`key_extras['log_decay']`, float32, [B, K, H]
+or [B, K, H, d_k]) and how they scale queries and keys; this module
+computes every place from them. Unrolled, key j reaches query i with the
+weight w_ij (per key channel) and o_i = sum_j (q_i * w_ij) . k_j v_j:
+
+  * causal self-attention: w_ij = prod_{l=j+1}^{i} a_l for j <= i.
+  * bidirectional self-attention: the sum of a forward scan (the causal
+    recurrence) and a backward scan, the same recurrence run on the reversed
+    sentence, S'_t = Diag(a_t) S'_{t+1} + k_t^T v_t. The token itself is
+    counted once, by the forward scan: o_t = q_t S_t + q_t Diag(a_t)
+    S'_{t+1}. So w_ij = prod_{l=i}^{j-1} a_l for j > i: each token's own
+    gate decays what reaches it from either side (for RetNet gamma^|i-j|,
+    the symmetric decay of Fan et al. 2024, "RMT").
+  * cross-attention: every query reads the final states of both scans over
+    its memory sentence, S_last + S'_first, as a bidirectional RNN encoder
+    hands over both final states: w_j = prod_{l=j+1}^{last} a_l +
+    prod_{l=first}^{j-1} a_l. Decoding keeps this one d_k x d_v state.
+
+Packed segments are contiguous runs; each starts with S = 0, and padding
+(segment 0) never enters a state. No normalisation over keys: the papers'
+output norms, output gates and short convolutions are not part of this
+module.
+
+The fast causal form (`causal_scan`) cuts the sequence into chunks: inside a
+chunk the masked decayed score matrix is formed exactly, its decays the exp
+of differences of in-chunk cumulative log-decays (never positive, so never
+overflowing); across chunks the states of the segment open at each chunk's
+end are carried by a `lax.scan`. Memory is O(L * chunk) per head for scalar
+decays and O(L * chunk * d_k) for per-channel ones. `reference_recurrence`
+(a plain scan over tokens) and `reference_dense` (explicit decay products)
+are written from the definitions above, sharing nothing with it.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from attention_jax.attention import base
+from attention_jax.attention import linear
+
+
+def _as_channels(log_decay):
+  """[B, L, H] (one decay per head) -> [B, L, H, 1]; [B, L, H, d_k] stays."""
+  return log_decay[..., None] if log_decay.ndim == 3 else log_decay
+
+
+def _chunked(x, num_chunks: int, chunk: int, mode: str = 'constant'):
+  """[B, L, ...] -> [B, N, C, ...], padded at the end."""
+  pad = num_chunks * chunk - x.shape[1]
+  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), mode=mode)
+  return x.reshape(x.shape[0], num_chunks, chunk, *x.shape[2:])
+
+
+def _decayed_scores(q_BxNxCxHxK, k_BxNxCxHxK, cum_BxNxCxHxA, visible_BxNxCxC):
+  """sum_d q_id k_jd exp(cum_id - cum_jd) where visible, per chunk.
+
+  Returns:
+    [B, N, H, C, C] (query i, key j).
+  """
+  gap = cum_BxNxCxHxA[:, :, :, None] - cum_BxNxCxHxA[:, :, None, :]
+  # Masked before exp: invisible pairs (j > i) have positive gaps that would
+  # overflow and turn gradients into NaN.
+  decay_BxNxCxCxHxA = jnp.exp(
+      jnp.where(visible_BxNxCxC[..., None, None], gap, -jnp.inf))
+  if cum_BxNxCxHxA.shape[-1] == 1:
+    return (jnp.einsum('bnihk,bnjhk->bnhij', q_BxNxCxHxK, k_BxNxCxHxK)
+            * jnp.moveaxis(decay_BxNxCxCxHxA[..., 0], -1, 2))
+  return jnp.einsum('bnihk,bnjhk,bnijhk->bnhij', q_BxNxCxHxK, k_BxNxCxHxK,
+                    decay_BxNxCxCxHxA)
+
+
+def causal_scan(q_BxLxHxK, k_BxLxHxK, v_BxLxHxV, log_decay_BxLxHxA,
+                segment_ids_BxL, chunk_size: int, *,
+                include_current: bool = True):
+  """The causal recurrence in chunks (see the module docstring).
+
+  Args:
+    q_BxLxHxK: float32 queries.
+    k_BxLxHxK: float32 keys.
+    v_BxLxHxV: float32 values.
+    log_decay_BxLxHxA: float32 log a_t, A = 1 (per head) or d_k.
+    segment_ids_BxL: contiguous runs of equal ids; 0 is padding.
+    chunk_size: positions per chunk; any value computes the same function.
+    include_current: whether query i reads key i (False: only j < i).
+
+  Returns:
+    (outputs [B, L, H, V], the state [B, H, K, V] of the segment open at the
+    end of the sequence).
+  """
+  batch, length = segment_ids_BxL.shape
+  chunk = min(chunk_size, length)
+  num_chunks = -(-length // chunk)
+  k_BxLxHxK = jnp.where(segment_ids_BxL[..., None, None] > 0, k_BxLxHxK, 0.0)
+  q, k, v, log_decay = (_chunked(x, num_chunks, chunk) for x in (
+      q_BxLxHxK, k_BxLxHxK, v_BxLxHxV, log_decay_BxLxHxA))
+  # Positions past the end continue the last segment with no key and no
+  # decay, so the last chunk's open segment and state are the sequence's.
+  seg_BxNxC = _chunked(segment_ids_BxL, num_chunks, chunk, mode='edge')
+  cum_BxNxCxHxA = jnp.cumsum(log_decay, axis=2)
+
+  causal_CxC = jnp.tril(jnp.ones((chunk, chunk), bool),
+                        0 if include_current else -1)
+  visible_BxNxCxC = ((seg_BxNxC[..., :, None] == seg_BxNxC[..., None, :])
+                     & causal_CxC[None, None])
+  within_BxNxCxHxV = jnp.einsum(
+      'bnhij,bnjhv->bnihv',
+      _decayed_scores(q, k, cum_BxNxCxHxA, visible_BxNxCxC), v)
+
+  open_seg_BxN = seg_BxNxC[:, :, -1]
+  in_open_BxNxC = seg_BxNxC == open_seg_BxN[..., None]
+  to_end_BxNxCxHxA = jnp.exp(cum_BxNxCxHxA[:, :, -1:] - cum_BxNxCxHxA)
+  tail_BxNxHxKxV = jnp.einsum(
+      'bnchk,bnchv->bnhkv',
+      jnp.where(in_open_BxNxC[..., None, None], k * to_end_BxNxCxHxA, 0.0), v)
+  # With contiguous segments, chunk n lies wholly inside the segment open
+  # at the end of chunk n - 1 exactly when that segment is still open at
+  # the end of chunk n.
+  continues_BxN = jnp.pad(open_seg_BxN[:, 1:] == open_seg_BxN[:, :-1],
+                          [(0, 0), (1, 0)])
+  chunk_decay_BxNxHxA = jnp.exp(cum_BxNxCxHxA[:, :, -1])
+
+  def carry(state_BxHxKxV, chunk_n):
+    continues_B, decay_BxHxA, tail_BxHxKxV = chunk_n
+    kept = decay_BxHxA[..., None] * state_BxHxKxV
+    state_BxHxKxV = jnp.where(continues_B[:, None, None, None], kept,
+                              0.0) + tail_BxHxKxV
+    return state_BxHxKxV, state_BxHxKxV
+
+  final_BxHxKxV, states_NxBxHxKxV = jax.lax.scan(
+      carry, jnp.zeros_like(tail_BxNxHxKxV[:, 0]),
+      tuple(jnp.moveaxis(x, 1, 0) for x in (
+          continues_BxN, chunk_decay_BxNxHxA, tail_BxNxHxKxV)))
+  incoming_BxNxHxKxV = jnp.moveaxis(
+      jnp.concatenate([jnp.zeros_like(states_NxBxHxKxV[:1]),
+                       states_NxBxHxKxV[:-1]]), 0, 1)
+  open_before_BxN = jnp.pad(open_seg_BxN[:, :-1], [(0, 0), (1, 0)])
+  reads_BxNxC = seg_BxNxC == open_before_BxN[..., None]
+  across_BxNxCxHxV = jnp.where(
+      reads_BxNxC[..., None, None],
+      jnp.einsum('bnchk,bnhkv->bnchv', q * jnp.exp(cum_BxNxCxHxA),
+                 incoming_BxNxHxKxV), 0.0)
+  out = (within_BxNxCxHxV + across_BxNxCxHxV).reshape(
+      batch, num_chunks * chunk, *v_BxLxHxV.shape[2:])
+  return out[:, :length], final_BxHxKxV
+
+
+def bidirectional_scan(q_BxLxHxK, k_BxLxHxK, v_BxLxHxV, log_decay_BxLxHxA,
+                       segment_ids_BxL, chunk_size: int):
+  """Forward plus backward scan, the token counted once; [B, L, H, V]."""
+  forward, _ = causal_scan(q_BxLxHxK, k_BxLxHxK, v_BxLxHxV,
+                           log_decay_BxLxHxA, segment_ids_BxL, chunk_size)
+  backward, _ = causal_scan(
+      *(jnp.flip(x, 1) for x in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxV,
+                                 log_decay_BxLxHxA, segment_ids_BxL)),
+      chunk_size, include_current=False)
+  return forward + jnp.flip(backward, 1)
+
+
+def _segment_exclusive_cumsum(x_BxLxHxA, segment_ids_BxL):
+  """sum of x over the earlier tokens of each token's segment.
+
+  A scan that restarts at segment starts: partial sums only grow, so no
+  sum is the difference of two long prefix sums.
+  """
+  same_BxL = jnp.pad(segment_ids_BxL[:, 1:] == segment_ids_BxL[:, :-1],
+                     [(0, 0), (1, 0)])
+  starts_BxLxHxA = jnp.broadcast_to(~same_BxL[..., None, None],
+                                    x_BxLxHxA.shape)
+
+  def combine(earlier, later):
+    sum_a, start_a = earlier
+    sum_b, start_b = later
+    return jnp.where(start_b, sum_b, sum_a + sum_b), start_a | start_b
+
+  inclusive, _ = jax.lax.associative_scan(
+      combine, (x_BxLxHxA, starts_BxLxHxA), axis=1)
+  shifted = jnp.pad(inclusive[:, :-1], [(0, 0), (1, 0), (0, 0), (0, 0)])
+  return jnp.where(same_BxL[..., None, None], shifted, 0.0)
+
+
+def memory_key_weights(log_decay_BxKxHxA, segment_ids_BxK):
+  """Each memory key's weight in S_last + S'_first of its segment.
+
+  Returns:
+    prod_{l>j} a_l + prod_{l<j} a_l over key j's segment, [B, K, H, A].
+  """
+  before = _segment_exclusive_cumsum(log_decay_BxKxHxA, segment_ids_BxK)
+  after = jnp.flip(_segment_exclusive_cumsum(
+      jnp.flip(log_decay_BxKxHxA, 1), jnp.flip(segment_ids_BxK, 1)), 1)
+  return jnp.exp(after) + jnp.exp(before)
+
+
+def reference_recurrence(q_BxLxHxK, k_BxLxHxK, v_BxLxHxV, log_decay_BxLxHxA,
+                         segment_ids_BxL):
+  """S_t = Diag(a_t) S_{t-1} + k_t^T v_t token by token; S = 0 at a segment
+  start, padding adds nothing.
+
+  Returns:
+    (o_t = q_t S_t [B, L, H, V], the last S [B, H, K, V]).
+  """
+  new_BxL = jnp.pad(segment_ids_BxL[:, 1:] != segment_ids_BxL[:, :-1],
+                    [(0, 0), (1, 0)], constant_values=True)
+
+  def step(state_BxHxKxV, token):
+    q_t, k_t, v_t, log_a_t, segment_t, new_t = token
+    state_BxHxKxV = jnp.where(new_t[:, None, None, None], 0.0, state_BxHxKxV)
+    added = jnp.einsum('bhk,bhv->bhkv', k_t, v_t)
+    state_BxHxKxV = (jnp.exp(log_a_t)[..., None] * state_BxHxKxV
+                     + jnp.where(segment_t[:, None, None, None] > 0, added,
+                                 0.0))
+    return state_BxHxKxV, jnp.einsum('bhk,bhkv->bhv', q_t, state_BxHxKxV)
+
+  batch, _, heads, depth_k = k_BxLxHxK.shape
+  state = jnp.zeros((batch, heads, depth_k, v_BxLxHxV.shape[-1]))
+  final, out_LxBxHxV = jax.lax.scan(
+      step, state, tuple(jnp.moveaxis(x, 1, 0) for x in (
+          q_BxLxHxK, k_BxLxHxK, v_BxLxHxV, log_decay_BxLxHxA,
+          segment_ids_BxL, new_BxL)))
+  return jnp.moveaxis(out_LxBxHxV, 0, 1), final
+
+
+def reference_dense(q_BxQxHxK, k_BxKxHxK, v_BxKxHxV, log_decay_BxKxHxA,
+                    visible_BxQxK, kv_segment_ids_BxK, *, self_attention):
+  """o_i = sum_j (q_i * w_ij) . k_j v_j with the non-causal w of the module
+  docstring, from explicit sums of log a over each key's span.
+
+  Args:
+    visible_BxQxK: which keys each query may see (segments, padding).
+    self_attention: bidirectional self-attention (queries are the keys'
+      tokens); otherwise cross-attention.
+  """
+  num_q, num_k = q_BxQxHxK.shape[1], k_BxKxHxK.shape[1]
+  l = jnp.arange(num_k)[None, None, :]
+  if self_attention:
+    i, j = jnp.arange(num_q)[:, None, None], jnp.arange(num_k)[None, :, None]
+    span_QxKxL = jnp.where(j <= i, (j < l) & (l <= i), (i <= l) & (l < j))
+    weight_BxQxKxHxA = jnp.exp(jnp.einsum(
+        'qkl,blha->bqkha', span_QxKxL.astype(jnp.float32), log_decay_BxKxHxA))
+  else:
+    seg = kv_segment_ids_BxK
+    same_BxKxL = seg[:, :, None] == seg[:, None, :]
+    j = jnp.arange(num_k)[None, :, None]
+    after, before = same_BxKxL & (l > j), same_BxKxL & (l < j)
+    weight_BxKxHxA = sum(
+        jnp.exp(jnp.einsum('bkl,blha->bkha', span.astype(jnp.float32),
+                           log_decay_BxKxHxA)) for span in (after, before))
+    weight_BxQxKxHxA = weight_BxKxHxA[:, None]
+  scores_BxQxKxH = jnp.sum(
+      q_BxQxHxK[:, :, None] * k_BxKxHxK[:, None] * weight_BxQxKxHxA, -1)
+  scores_BxQxKxH = jnp.where(visible_BxQxK[..., None], scores_BxQxKxH, 0.0)
+  return jnp.einsum('bqkh,bkhv->bqhv', scores_BxQxKxH, v_BxKxHxV)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecayOptions:
+  # Positions per chunk of the causal form (see the module docstring); any
+  # value computes the same attention.
+  chunk_size: int = 64
+
+  def __post_init__(self):
+    if self.chunk_size < 1:
+      raise ValueError(f'chunk_size={self.chunk_size} must be at least 1.')
+
+
+class DecayingState(base.Mechanism):
+  """A mechanism whose state decays by the log-decays of its keys.
+
+  Subclasses define `key_extras`, `reference_extras` (the log-decays, and
+  what `keys` reads, from the paper's equations) and, where they differ
+  from the defaults, `log_decay`, `queries` and `keys`. Everything is
+  float32. Decoding state: {'state': [B, H, d_k, d_v]}, the running S
+  (causal) or S_last + S'_first of the memory (cross-attention).
+  """
+
+  Options = DecayOptions
+  RESUMABLE_FIELDS = ('chunk_size',)
+  TEST_OPTIONS = {'chunk_size': 3}
+  capabilities = base.Capabilities(
+      causal=True,
+      bidirectional=True,
+      cross_attention=True,
+      decoding_state=base.DecodingState.RECURRENT,
+      position_schemes=frozenset(),
+      attention_weights=False,
+  )
+
+  def log_decay(self, module, key_extras, num_heads: int, head_dim: int):
+    """log a of every key, [B, K, H] or [B, K, H, head_dim]."""
+    del module, num_heads, head_dim
+    return key_extras['log_decay']
+
+  def queries(self, query_BxQxHxD):
+    """float32 queries as the state is read with them."""
+    return query_BxQxHxD.astype(jnp.float32)
+
+  def keys(self, key_BxKxHxD, key_extras):
+    """float32 keys as they enter the state."""
+    del key_extras
+    return key_BxKxHxD.astype(jnp.float32)
+
+  def reference_extras(self, params, inputs_kv_BxKxE, num_heads):
+    """{'log_decay': [B, K, H] or [B, K, H, D], and what `keys` reads} from
+    the paper's equations, without Flax modules."""
+    raise NotImplementedError
+
+  def _keys(self, key_BxKxGxD, value_BxKxGxD, extras, log_decay, num_heads):
+    """float32 keys, values (G heads repeated to H) and log-decays
+    [B, K, H, 1 or D]."""
+    key, value = (base.repeat_kv_heads(x, num_heads)
+                  for x in (key_BxKxGxD, value_BxKxGxD))
+    return (self.keys(key, extras), value.astype(jnp.float32),
+            _as_channels(log_decay).astype(jnp.float32))
+
+  def _module_keys(self, module, key_BxKxGxD, value_BxKxGxD, extras,
+                   num_heads):
+    log_decay = self.log_decay(module, extras, num_heads,
+                               key_BxKxGxD.shape[-1])
+    return self._keys(key_BxKxGxD, value_BxKxGxD, extras, log_decay,
+                      num_heads)
+
+  def attend(self, module, inputs):
+    q = self.queries(inputs.query_BxQxHxD)
+    k, v, log_decay = self._module_keys(
+        module, inputs.key_BxKxGxD, inputs.value_BxKxGxD, inputs.key_extras,
+        inputs.num_heads)
+    mask, chunk_size = inputs.mask, self.options.chunk_size
+    if not inputs.self_attention:
+      weighted_k = k * memory_key_weights(log_decay, mask.kv_segment_ids_BxK)
+      return linear.segment_sums(
+          q, weighted_k, v, mask.q_segment_ids_BxQ, mask.kv_segment_ids_BxK,
+          chunk_size)
+    if inputs.causal:
+      return causal_scan(q, k, v, log_decay, mask.kv_segment_ids_BxK,
+                         chunk_size)[0]
+    return bidirectional_scan(q, k, v, log_decay, mask.kv_segment_ids_BxK,
+                              chunk_size)
+
+  def reference(self, params, inputs, path=()):
+    del path
+    extras = self.reference_extras(params, inputs.inputs_kv_BxKxE,
+                                   inputs.num_heads)
+    q = self.queries(inputs.query_BxQxHxD)
+    k, v, log_decay = self._keys(inputs.key_BxKxGxD, inputs.value_BxKxGxD,
+                                 extras, extras['log_decay'],
+                                 inputs.num_heads)
+    if inputs.causal:
+      return reference_recurrence(q, k, v, log_decay,
+                                  inputs.mask.kv_segment_ids_BxK)[0]
+    return reference_dense(
+        q, k, v, log_decay, base.reference_mask(inputs)[:, 0],
+        inputs.mask.kv_segment_ids_BxK, self_attention=inputs.self_attention)
+
+  def initial_state(self, module, key_BxKxGxD, value_BxKxGxD, num_heads):
+    del module
+    return {'state': jnp.zeros(
+        (value_BxKxGxD.shape[0], num_heads, key_BxKxGxD.shape[-1],
+         value_BxKxGxD.shape[-1]), jnp.float32)}
+
+  def step(self, module, state, query_Bx1xHxD, key_Bx1xGxD, value_Bx1xGxD,
+           key_extras):
+    """S = Diag(a_t) S + k_t^T v_t, then o_t = q_t S."""
+    k, v, log_decay = self._module_keys(module, key_Bx1xGxD, value_Bx1xGxD,
+                                        key_extras, query_Bx1xHxD.shape[2])
+    decayed = jnp.exp(log_decay[:, 0])[..., None] * state['state']
+    state = {'state': decayed + jnp.einsum('bhk,bhv->bhkv', k[:, 0],
+                                           v[:, 0])}
+    return self.read(module, state, query_Bx1xHxD), state
+
+  def summarise(self, module, key_BxKxGxD, value_BxKxGxD, kv_segment_ids_BxK,
+                num_heads, key_extras):
+    k, v, log_decay = self._module_keys(module, key_BxKxGxD, value_BxKxGxD,
+                                        key_extras, num_heads)
+    weights = memory_key_weights(log_decay, kv_segment_ids_BxK)
+    real_BxK = kv_segment_ids_BxK[..., None, None] > 0
+    return {'state': jnp.einsum('bkhd,bkhv->bhdv',
+                                jnp.where(real_BxK, k * weights, 0.0), v)}
+
+  def read(self, module, summary, query_BxQxHxD):
+    del module
+    return jnp.einsum('bqhk,bhkv->bqhv', self.queries(query_BxQxHxD),
+                      summary['state'])

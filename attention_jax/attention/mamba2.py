@@ -1,0 +1,125 @@
+"""Mamba-2's state space duality layer (Dao & Gu, 2024, "Transformers are
+SSMs: Generalized Models and Efficient Algorithms Through Structured State
+Space Duality"), as an attention mechanism.
+
+SSD keeps h_t = exp(-Delta_t A) h_{t-1} + Delta_t B_t^T x_t per head and
+outputs y_t = C_t h_t + D x_t, a scalar decay per head and token. Mapped
+onto the frame's projections: C is the query, B the key and x the value
+(head size = state size N = head dimension P = d), so
+
+  S_t = a_t S_{t-1} + (Delta_t k_t)^T v_t,   o_t = q_t S_t + D_h v_t,
+  a_t = exp(-Delta_t A_h),   Delta_t = softplus(x_t W_Delta + b_Delta),
+  A_h = exp(A_log_h) > 0.
+
+Delta_t, one scalar per head, scales the key (B) rather than the value:
+the state is the same, and the skip D_h v_t reads the unscaled value as
+Mamba's D x_t does. B and C are per head here (Mamba-2 shares them across
+heads, ngroups = 1), and the queries are unscaled. Initialisation as in
+the official code (mamba_ssm): A ~ U[1, 16]; softplus(b_Delta) log-uniform
+in [0.001, 0.1] (floored at 1e-4); D = 1; W_Delta like a torch Linear,
+U(+-1/sqrt(E)). Delta and log a are float32.
+
+The encoder's bidirectional form (`decay_scan`: each direction's scan,
+the token once) keeps the skip; cross-attention reads the memory's two
+final states and has no skip, the query's token not being in the memory.
+(Hydra, Hwang et al. 2024, is a bidirectional SSD with separate
+parameters per direction; here both directions share them.) Left out: the
+short convolution and its SiLU, the gate z and the gated RMSNorm.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attention_jax import partitioning as part
+from attention_jax.attention import base
+from attention_jax.attention import decay_scan
+from attention_jax.attention import registry
+
+A_RANGE = (1.0, 16.0)
+DELTA_RANGE = (0.001, 0.1)
+DELTA_FLOOR = 1e-4
+
+
+def _a_log_init(key, shape, dtype=jnp.float32):
+  return jnp.log(jax.random.uniform(key, shape, dtype, *A_RANGE))
+
+
+def _delta_bias_init(key, shape, dtype=jnp.float32):
+  """Inverse softplus of Delta drawn log-uniformly in DELTA_RANGE."""
+  low, high = np.log(DELTA_RANGE[0]), np.log(DELTA_RANGE[1])
+  delta = jnp.maximum(
+      jnp.exp(jax.random.uniform(key, shape, dtype, low, high)), DELTA_FLOOR)
+  return delta + jnp.log(-jnp.expm1(-delta))
+
+
+@registry.register('mamba2')
+class Mamba2(decay_scan.DecayingState):
+  """SSD with scalar decays exp(-Delta_t A_h) and the D skip.
+
+  Parameters: the frame's, plus 'delta' (kernel [E, H]), 'delta_bias' [H],
+  'A_log' [H] and 'D' [H].
+  """
+
+  def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate,
+                 num_heads):
+    del kv_positions_BxK, rotate
+    width = inputs_kv_BxKxE.shape[-1]
+    kernel_ExH = module.param(
+        'delta', part.init(nn.initializers.variance_scaling(
+            1 / 3, 'fan_in', 'uniform'), part.EMBED, part.HEADS),
+        (width, num_heads), jnp.float32)
+    bias_H = module.param('delta_bias', part.init(_delta_bias_init,
+                                                  part.HEADS),
+                          (num_heads,), jnp.float32)
+    a_log_H = module.param('A_log', part.init(_a_log_init, part.HEADS),
+                           (num_heads,), jnp.float32)
+    # In float32: the decays multiply over thousands of tokens.
+    delta_BxKxH = jax.nn.softplus(
+        inputs_kv_BxKxE.astype(jnp.float32) @ kernel_ExH + bias_H[None, None])
+    return {'delta': delta_BxKxH,
+            'log_decay': -delta_BxKxH * jnp.exp(a_log_H)[None, None]}
+
+  def reference_extras(self, params, inputs_kv_BxKxE, num_heads):
+    del num_heads
+    x = inputs_kv_BxKxE.astype(jnp.float32)
+    delta = jnp.log1p(jnp.exp(
+        jnp.einsum('bke,eh->bkh', x, params['delta'])
+        + params['delta_bias'][None, None]))
+    return {'delta': delta,
+            'log_decay': -delta * jnp.exp(params['A_log'])[None, None]}
+
+  def keys(self, key_BxKxHxD, key_extras):
+    return key_BxKxHxD.astype(jnp.float32) * key_extras['delta'][..., None]
+
+  def _skip(self, d_H, value_BxLxGxD, num_heads):
+    """D_h v_t, [B, L, H, D]."""
+    value = base.repeat_kv_heads(value_BxLxGxD, num_heads)
+    return d_H[None, None, :, None] * value.astype(jnp.float32)
+
+  def _d(self, module, num_heads):
+    return module.param('D', part.init(nn.initializers.ones, part.HEADS),
+                        (num_heads,), jnp.float32)
+
+  def attend(self, module, inputs):
+    out = super().attend(module, inputs)
+    if not inputs.self_attention:
+      return out
+    return out + self._skip(self._d(module, inputs.num_heads),
+                            inputs.value_BxKxGxD, inputs.num_heads)
+
+  def reference(self, params, inputs, path=()):
+    out = super().reference(params, inputs, path)
+    if not inputs.self_attention:
+      return out
+    return out + self._skip(params['D'], inputs.value_BxKxGxD,
+                            inputs.num_heads)
+
+  def step(self, module, state, query_Bx1xHxD, key_Bx1xGxD, value_Bx1xGxD,
+           key_extras):
+    out, state = super().step(module, state, query_Bx1xHxD, key_Bx1xGxD,
+                              value_Bx1xGxD, key_extras)
+    num_heads = query_Bx1xHxD.shape[2]
+    return out + self._skip(self._d(module, num_heads), value_Bx1xGxD,
+                            num_heads), state

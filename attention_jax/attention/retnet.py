@@ -1,0 +1,51 @@
+"""Retention (Sun et al., 2023, "Retentive Network: A Successor to
+Transformer for Large Language Models").
+
+Each head h keeps S_t = gamma_h S_{t-1} + k_t^T v_t and outputs
+o_t = q_t S_t, with a fixed decay per head gamma_h = 1 - 2^(-5-h) for
+h = 0..H-1 (the paper's multi-scale retention) and the query scaled by
+d^(-1/2) (the paper scales the key; the product is the same). Unrolled,
+o_i = sum_{j<=i} gamma^(i-j) (q_i . k_j) v_j.
+
+The encoder's bidirectional form weighs key j by gamma^|i-j| and
+cross-attention reads gamma^(last-j) + gamma^(j-first) of each memory key
+(`decay_scan` defines both). Left out: xPos (the paper's rotation of
+queries and keys; no position scheme acts inside this mechanism), the
+per-head group norm and the swish output gate.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+from attention_jax.attention import decay_scan
+from attention_jax.attention import registry
+
+
+def _log_gamma(num_heads: int):
+  """log(1 - 2^(-5-h)) per head, [H] float32 (exact in float64 first)."""
+  return jnp.asarray(np.log1p(-2.0 ** (-5.0 - np.arange(num_heads))),
+                     jnp.float32)
+
+
+@registry.register('retnet')
+class Retention(decay_scan.DecayingState):
+  """Retention with decays gamma_h = 1 - 2^(-5-h); no parameters of its own.
+
+  `key_extras['log_decay']` is log gamma_h at every key, [B, K, H].
+  """
+
+  def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate,
+                 num_heads):
+    del module, kv_positions_BxK, rotate
+    return {'log_decay': jnp.broadcast_to(
+        _log_gamma(num_heads), inputs_kv_BxKxE.shape[:2] + (num_heads,))}
+
+  def reference_extras(self, params, inputs_kv_BxKxE, num_heads):
+    del params
+    gamma_H = 1.0 - 2.0 ** (-5.0 - jnp.arange(num_heads, dtype=jnp.float32))
+    return {'log_decay': jnp.broadcast_to(
+        jnp.log(gamma_H), inputs_kv_BxKxE.shape[:2] + (num_heads,))}
+
+  def queries(self, query_BxQxHxD):
+    return query_BxQxHxD.astype(jnp.float32) / np.sqrt(
+        query_BxQxHxD.shape[-1])
