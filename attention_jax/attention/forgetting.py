@@ -92,13 +92,7 @@ class Forgetting(base.Mechanism):
 
   def attend(self, module, inputs):
     del module
-    num_heads = inputs.query_BxQxHxD.shape[2]
-    key_BxKxHxD = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads)
-    value_BxKxHxD = base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads)
-    logits_BxHxQxK = softmax.dot_product_scores(
-        inputs.query_BxQxHxD, key_BxKxHxD).astype(jnp.float32)
-    if inputs.bias_BxHxQxK is not None:
-      logits_BxHxQxK += inputs.bias_BxHxQxK
+    logits_BxHxQxK, value_BxKxHxD = softmax.biased_logits(inputs)
     num_q, num_k = logits_BxHxQxK.shape[2:]
     if inputs.decoding:
       # The step's query is the cache slot at its position.
@@ -116,14 +110,7 @@ class Forgetting(base.Mechanism):
 
   def reference(self, params, inputs, path=()):
     del path
-    num_heads = inputs.query_BxQxHxD.shape[2]
-    query = inputs.query_BxQxHxD.astype(jnp.float32)
-    key = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads).astype(
-        jnp.float32)
-    logits = jnp.moveaxis((query[:, :, None] * key[:, None]).sum(-1), 3, 1)
-    logits = logits / jnp.sqrt(query.shape[-1])
-    if inputs.bias_BxHxQxK is not None:
-      logits = logits + inputs.bias_BxHxQxK
+    logits, value = softmax.reference_logits(inputs)
     x = inputs.inputs_kv_BxKxE.astype(jnp.float32)
     gate = params['forget_gate']
     a_BxKxH = (jnp.einsum('bke,eh->bkh', x, gate['kernel'])
@@ -138,5 +125,5 @@ class Forgetting(base.Mechanism):
     decay = jnp.sum(jnp.where(span_QxKxL[None, None],
                               log_f_BxHxK[:, :, None, None, :], 0.0), -1)
     return softmax.reference_softmax_attention(
-        logits + decay, base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads),
-        base.reference_mask(inputs), inputs.sink_logit_H)
+        logits + decay, value, base.reference_mask(inputs),
+        inputs.sink_logit_H)

@@ -67,36 +67,19 @@ class Sigmoid(base.Mechanism):
 
   def attend(self, module, inputs):
     del module
-    num_heads = inputs.query_BxQxHxD.shape[2]
-    key_BxKxHxD = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads)
-    value_BxKxHxD = base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads)
     # The sigmoid in float32 keeps bfloat16 training stable, as softmax's.
-    logits_BxHxQxK = softmax.dot_product_scores(
-        inputs.query_BxQxHxD, key_BxKxHxD).astype(jnp.float32)
-    if inputs.bias_BxHxQxK is not None:
-      logits_BxHxQxK += inputs.bias_BxHxQxK
+    logits_BxHxQxK, value_BxKxHxD = softmax.biased_logits(inputs)
     mask_Bx1xQxK = inputs.mask.dense()
     weights_BxHxQxK = jnp.where(
         mask_Bx1xQxK,
         jax.nn.sigmoid(logits_BxHxQxK + self._bias(mask_Bx1xQxK)), 0.0)
-    weights_BxHxQxK = weights_BxHxQxK.astype(value_BxKxHxD.dtype)
-    if inputs.dropout is not None:
-      weights_BxHxQxK = inputs.dropout(weights_BxHxQxK)
-    return jnp.einsum('bhqk,bkhd->bqhd', weights_BxHxQxK, value_BxKxHxD)
+    return softmax.weighted_values(weights_BxHxQxK, value_BxKxHxD,
+                                   inputs.dropout)
 
   def reference(self, params, inputs, path=()):
     del params, path
-    num_heads = inputs.query_BxQxHxD.shape[2]
-    q = inputs.query_BxQxHxD.astype(jnp.float32)
-    k = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads).astype(
-        jnp.float32)
-    v = base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads).astype(
-        jnp.float32)
-    # x[b, h, i, j] = q_i · k_j / sqrt(d).
-    x = jnp.transpose((q[:, :, None] * k[:, None]).sum(-1), (0, 3, 1, 2))
-    x = x / math.sqrt(q.shape[-1])
-    if inputs.bias_BxHxQxK is not None:
-      x = x + inputs.bias_BxHxQxK
+    # x[b, h, i, j] = q_i · k_j / sqrt(d) (+ score bias).
+    x, v = softmax.reference_logits(inputs)
     allowed = base.reference_mask(inputs)
     b = self.options.bias
     if self.options.subtract_log_n:

@@ -36,6 +36,47 @@ def dot_product_scores(query_BxQxHxD, key_BxKxHxD):
   ) / jnp.sqrt(depth).astype(query_BxQxHxD.dtype)
 
 
+def biased_logits(inputs: base.AttentionInputs):
+  """The call's q k^T / sqrt(d) plus its score bias, and its values.
+
+  The start of every mechanism that weighs values by a function of scaled
+  dot-product scores.
+
+  Returns:
+    (logits [B, H, Q, K] float32, values [B, K, H, D] with the H query heads).
+  """
+  num_heads = inputs.query_BxQxHxD.shape[2]
+  key_BxKxHxD = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads)
+  logits_BxHxQxK = dot_product_scores(inputs.query_BxQxHxD,
+                                      key_BxKxHxD).astype(jnp.float32)
+  if inputs.bias_BxHxQxK is not None:
+    logits_BxHxQxK += inputs.bias_BxHxQxK
+  return logits_BxHxQxK, base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads)
+
+
+def weighted_values(weights_BxHxQxK, value_BxKxHxD, dropout=None):
+  """sum_j w_ij v_j, [B, Q, H, D] in the values' dtype, with dropout (a
+  callable or None) applied to the weights."""
+  weights_BxHxQxK = weights_BxHxQxK.astype(value_BxKxHxD.dtype)
+  if dropout is not None:
+    weights_BxHxQxK = dropout(weights_BxHxQxK)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights_BxHxQxK, value_BxKxHxD)
+
+
+def reference_logits(inputs: base.AttentionInputs):
+  """For references: x_ij = q_i · k_j / sqrt(d) (+ the score bias), written
+  plainly in float32 [B, H, Q, K], and the float32 values [B, K, H, D]."""
+  num_heads = inputs.query_BxQxHxD.shape[2]
+  q = inputs.query_BxQxHxD.astype(jnp.float32)
+  k = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads).astype(jnp.float32)
+  x = jnp.moveaxis((q[:, :, None] * k[:, None]).sum(-1), 3, 1) / jnp.sqrt(
+      q.shape[-1])
+  if inputs.bias_BxHxQxK is not None:
+    x = x + inputs.bias_BxHxQxK
+  return x, base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads).astype(
+      jnp.float32)
+
+
 def softmax_weighted_sum(logits_BxHxQxK, value_BxKxHxD, mask, dropout=None,
                          sink_logit_H=None):
   """Masked softmax over keys (in float32), then the weighted sum of values.

@@ -70,14 +70,7 @@ class StickBreaking(base.Mechanism):
 
   def attend(self, module, inputs):
     del module
-    num_heads = inputs.query_BxQxHxD.shape[2]
-    key_BxKxHxD = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads)
-    value_BxKxHxD = base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads)
-    logits_BxHxQxK = softmax.dot_product_scores(
-        inputs.query_BxQxHxD.astype(jnp.float32),
-        key_BxKxHxD.astype(jnp.float32))
-    if inputs.bias_BxHxQxK is not None:
-      logits_BxHxQxK += inputs.bias_BxHxQxK
+    logits_BxHxQxK, value_BxKxHxD = softmax.biased_logits(inputs)
     breaks_Bx1xQxK = _breaks_stick(inputs.mask, self.options.attend_current)
     log_left_BxHxQxK = jnp.where(breaks_Bx1xQxK,
                                  jax.nn.softplus(logits_BxHxQxK), 0.0)
@@ -90,24 +83,13 @@ class StickBreaking(base.Mechanism):
                              [(0, 0)] * 3 + [(0, 1)])
     log_weights = jax.nn.log_sigmoid(logits_BxHxQxK) - nearer_BxHxQxK
     weights_BxHxQxK = jnp.where(breaks_Bx1xQxK, jnp.exp(log_weights), 0.0)
-    if inputs.dropout is not None:
-      weights_BxHxQxK = inputs.dropout(weights_BxHxQxK)
-    out_BxQxHxD = jnp.einsum('bhqk,bkhd->bqhd', weights_BxHxQxK,
-                             value_BxKxHxD.astype(jnp.float32))
-    return out_BxQxHxD.astype(inputs.value_BxKxGxD.dtype)
+    return softmax.weighted_values(weights_BxHxQxK, value_BxKxHxD,
+                                   inputs.dropout)
 
   def reference(self, params, inputs, path=()):
     del params, path
-    num_heads = inputs.query_BxQxHxD.shape[2]
-    query = inputs.query_BxQxHxD.astype(jnp.float32)
-    key = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads).astype(
-        jnp.float32)
-    value = base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads).astype(
-        jnp.float32)
-    z = jnp.moveaxis((query[:, :, None] * key[:, None]).sum(-1), 3, 1)
-    z = z / jnp.sqrt(query.shape[-1])
-    if inputs.bias_BxHxQxK is not None:
-      z = z + inputs.bias_BxHxQxK
+    # z[b, h, i, j] = q_i · k_j / sqrt(d) (+ score bias).
+    z, value = softmax.reference_logits(inputs)
     beta = 1.0 / (1.0 + jnp.exp(-z))
     # key_j, key_k, query_i positions broadcast to [B, 1, Q, K(j), K(k)].
     pos_i = inputs.mask.q_positions_BxQ[:, None, :, None, None]
