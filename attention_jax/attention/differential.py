@@ -83,15 +83,8 @@ class Differential(base.Mechanism):
   'lambda_k2' ([D/2] each) and 'head_norm' ([D], the RMSNorm's scale).
   """
 
-  capabilities = base.Capabilities(
-      causal=True,
-      bidirectional=True,
-      cross_attention=True,
-      decoding_state=base.DecodingState.KV_CACHE,
-      score_bias=True,
-      position_schemes=frozenset({'rope', 'alibi', 'relative_bias'}),
-      sink=True,
-  )
+  # Two softmax maps: everything softmax attention can do.
+  capabilities = softmax.FAMILY_CAPABILITIES
 
   @property
   def lambda_init(self) -> float:

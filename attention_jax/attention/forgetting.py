@@ -23,6 +23,8 @@ slot in the decoding cache, so a decoding step forms D from the cached
 gates up to the query's own slot.
 """
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -64,16 +66,9 @@ class Forgetting(base.Mechanism):
   Parameters: the frame's, plus 'forget_gate' (kernel [E, H], bias [H]).
   """
 
-  capabilities = base.Capabilities(
-      causal=True,
-      bidirectional=True,
-      cross_attention=False,
-      decoding_state=base.DecodingState.KV_CACHE,
-      score_bias=True,
-      position_schemes=frozenset({'rope', 'alibi', 'relative_bias'}),
-      attention_weights=True,
-      sink=True,
-  )
+  # Scores as softmax attention's, with these differences.
+  capabilities = dataclasses.replace(
+      softmax.FAMILY_CAPABILITIES, cross_attention=False)
 
   def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate,
                  num_heads):

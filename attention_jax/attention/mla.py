@@ -83,16 +83,9 @@ class MultiHeadLatent(base.Mechanism):
 
   Options = MlaOptions
   TEST_OPTIONS = {'kv_lora_rank': 6, 'rope_head_dim': 4}
-  capabilities = base.Capabilities(
-      causal=True,
-      bidirectional=True,
-      cross_attention=True,
-      decoding_state=base.DecodingState.KV_CACHE,
-      score_bias=True,
-      position_schemes=frozenset({'rope', 'alibi', 'relative_bias'}),
-      projections=(),
-      sink=True,
-  )
+  # Scores as softmax attention's, with these differences.
+  capabilities = dataclasses.replace(
+      softmax.FAMILY_CAPABILITIES, projections=())
 
   def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate,
                  num_heads):

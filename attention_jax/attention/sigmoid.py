@@ -44,17 +44,11 @@ class Sigmoid(base.Mechanism):
   """sum_j sigmoid(q k^T / sqrt(d) + score bias + b) v_j, unnormalised."""
 
   Options = SigmoidOptions
-  capabilities = base.Capabilities(
-      causal=True,
-      bidirectional=True,
-      cross_attention=True,
-      decoding_state=base.DecodingState.KV_CACHE,
-      score_bias=True,
-      position_schemes=frozenset({'rope', 'alibi', 'relative_bias'}),
-      attention_weights=True,
+  # Scores as softmax attention's, with these differences.
+  capabilities = dataclasses.replace(
+      softmax.FAMILY_CAPABILITIES,
       # No softmax denominator for a sink logit to join.
-      sink=False,
-  )
+      sink=False)
 
   def _bias(self, mask_Bx1xQxK):
     """b, float32, broadcastable to [B, H, Q, K]."""

@@ -71,17 +71,11 @@ class Softpick(base.Mechanism):
   """sum_j softpick(q k^T / sqrt(d) + score bias)_j v_j."""
 
   Options = SoftpickOptions
-  capabilities = base.Capabilities(
-      causal=True,
-      bidirectional=True,
-      cross_attention=True,
-      decoding_state=base.DecodingState.KV_CACHE,
-      score_bias=True,
-      position_schemes=frozenset({'rope', 'alibi', 'relative_bias'}),
-      attention_weights=True,
+  # Scores as softmax attention's, with these differences.
+  capabilities = dataclasses.replace(
+      softmax.FAMILY_CAPABILITIES,
       # Its denominator sums |e^x - 1|, not e^x: a sink logit has no place.
-      sink=False,
-  )
+      sink=False)
 
   def attend(self, module, inputs):
     del module

@@ -57,16 +57,10 @@ class StickBreaking(base.Mechanism):
   """sum_j sigmoid(z_ij) prod_{j<k<i} (1 - sigmoid(z_ik)) v_j, causal."""
 
   Options = StickBreakingOptions
-  capabilities = base.Capabilities(
-      causal=True,
-      bidirectional=False,
-      cross_attention=False,
-      decoding_state=base.DecodingState.KV_CACHE,
-      score_bias=True,
-      position_schemes=frozenset({'rope', 'alibi', 'relative_bias'}),
-      attention_weights=True,
-      sink=False,
-  )
+  # Scores as softmax attention's, with these differences.
+  capabilities = dataclasses.replace(
+      softmax.FAMILY_CAPABILITIES, bidirectional=False,
+      cross_attention=False, sink=False)
 
   def attend(self, module, inputs):
     del module
