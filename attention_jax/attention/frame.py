@@ -357,6 +357,11 @@ class MultiHeadAttention(nn.Module):
           value_step, self.config.num_heads,
       )
       if creating:
+        # One step on the first token, discarded, so that parameters the
+        # mechanism makes in `step` exist when a decoder is initialised.
+        first = lambda x: None if x is None else x[:, :1]  # noqa: E731
+        mechanism.step(self, state.value, first(query_step), first(key_step),
+                       first(value_step), jax.tree.map(first, extras))
         return zeros
       out, state.value = mechanism.step(self, state.value, query_step,
                                         key_step, value_step, extras)

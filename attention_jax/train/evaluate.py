@@ -18,11 +18,13 @@ def eval_loss(
   """Token-averaged NLL, perplexity and accuracy over all eval batches."""
   totals = None
   for batch in batches:
-    sums = eval_fn(params, sharding.to_global(batch, mesh))
-    totals = (
-        sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    )
-  totals = jax.device_get(totals)
+    # Fetched batch by batch and summed on the host: with every batch's step
+    # (and its sums) dispatched ahead, a two-process CPU run on a 2-core
+    # machine hung in this loop, one process in the sums and the other in a
+    # step, each waiting on its peer's collective; waiting for each batch
+    # keeps one program with collectives in flight.
+    sums = jax.device_get(eval_fn(params, sharding.to_global(batch, mesh)))
+    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
   tokens = max(float(totals['tokens']), 1.0)
   loss = float(totals['nll_sum']) / tokens
   return {
