@@ -81,8 +81,8 @@ class Capabilities:
     fused_kernels: fused kernels that compute exactly this mechanism
       (see `fused.py`); the frame dispatches to them by
       `config.model.implementation`.
-    attention_weights: forms normalised attention weights, so attention
-      dropout applies to them.
+    attention_weights: forms explicit attention weights (normalised or not,
+      as sigmoid attention's), so attention dropout applies to them.
     projections: the per-head input projections the frame creates for it
       ('query', 'key', 'value'); the output projection 'out' is always there.
       With 'query' and 'key' the model's `qk_norm` applies to them.
