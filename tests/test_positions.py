@@ -164,7 +164,8 @@ def _declared(scheme):
 
 
 @pytest.mark.parametrize('name, scheme', [
-    (name, scheme) for scheme in IN_ATTENTION for name in _declared(scheme)])
+    (name, scheme) for scheme in IN_ATTENTION for name in _declared(scheme)
+    if attention.get(name).capabilities.cross_attention])
 def test_in_attention_schemes_leave_cross_attention_alone(name, scheme):
   x_q, memory = _normal(0, (1, 4, E)), _normal(1, (1, 6, E))
   q_seg, kv_seg = jnp.ones((1, 4), jnp.int32), jnp.ones((1, 6), jnp.int32)
