@@ -181,3 +181,21 @@ def test_gradients_finite_at_8k_tokens(log_alpha, beta):
   assert np.isfinite(float(value))
   for grad in grads:
     assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize('size', [1, 3, 16, 45])
+def test_blocked_unit_lower_inverse_is_the_inverse(size):
+  a = jnp.tril(jax.random.normal(jax.random.key(size), (2, size, size)), -1)
+  expected = np.linalg.inv(np.eye(size) + np.asarray(a, np.float64))
+  np.testing.assert_allclose(delta_rule.unit_lower_inverse(a), expected,
+                             atol=1e-4, rtol=1e-4)
+
+
+def test_blocked_inverse_is_exact_for_equal_unit_keys_at_full_strength():
+  # β = 1 and k_t = k_j: A is all ones below the diagonal, whose powers grow
+  # like binomial coefficients (a power series would cancel them), while
+  # (I + A)⁻¹ = I − the subdiagonal.
+  size = 64
+  a = jnp.tril(jnp.ones((size, size)), -1)
+  expected = np.eye(size) - np.eye(size, k=-1)
+  np.testing.assert_array_equal(delta_rule.unit_lower_inverse(a), expected)

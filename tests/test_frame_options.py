@@ -111,6 +111,8 @@ def test_a_large_learned_sink_takes_all_weight_from_the_keys():
     ('attention_sink', 'learned', 'linear'),
     ('attention_sink', 'zero', 'chunked'),
     ('qk_norm', 'rms', 'mean_pooling'),
+    ('qk_norm', 'l2', 'cosine'),
+    ('qk_norm', 'rms', 'deltanet'),
 ])
 def test_options_a_mechanism_cannot_take_are_refused(option, value, refused):
   config = smoke.get_config()

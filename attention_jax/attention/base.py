@@ -85,7 +85,9 @@ class Capabilities:
       as sigmoid attention's), so attention dropout applies to them.
     projections: the per-head input projections the frame creates for it
       ('query', 'key', 'value'); the output projection 'out' is always there.
-      With 'query' and 'key' the model's `qk_norm` applies to them.
+    qk_norm: takes the model's `qk_norm` on its projected queries and keys
+      (needs 'query' and 'key' projections); False where the mechanism
+      normalises them itself (cosine, the delta rule), which would undo it.
     sink: normalises weights with a softmax denominator that takes the
       model's attention sink logit (`AttentionInputs.sink_logit_H`).
   """
@@ -99,6 +101,7 @@ class Capabilities:
   fused_kernels: tuple[str, ...] = ()
   attention_weights: bool = True
   projections: tuple[str, ...] = ('query', 'key', 'value')
+  qk_norm: bool = True
   sink: bool = False
 
 

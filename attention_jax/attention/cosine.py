@@ -43,6 +43,9 @@ class Cosine(softmax.Softmax):
   """
 
   Options = CosineOptions
+  # The model's qk_norm would be undone by the cosine's own normalisation.
+  capabilities = dataclasses.replace(softmax.FAMILY_CAPABILITIES,
+                                     qk_norm=False)
 
   def scores(self, module, query_BxQxHxD, key_BxKxHxD):
     num_heads = query_BxQxHxD.shape[2]

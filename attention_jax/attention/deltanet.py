@@ -85,6 +85,7 @@ class DeltaNet(base.Mechanism):
       score_bias=False,
       position_schemes=frozenset(),
       attention_weights=False,
+      qk_norm=False,  # q and k are L2-normalised by the mechanism.
       sink=False,
   )
 

@@ -109,6 +109,11 @@ def _apply(rotate, x_BxLxHxD, positions_BxL):
   return None if x_BxLxHxD is None else rotate(x_BxLxHxD, positions_BxL)
 
 
+def takes_qk_norm(caps: base.Capabilities) -> bool:
+  """Whether the model's `qk_norm` may act on a mechanism's queries/keys."""
+  return caps.qk_norm and {'query', 'key'} <= set(caps.projections)
+
+
 def check_place(mechanism: type[base.Mechanism], scheme: type, *,
                 causal: bool, self_attention: bool, qk_norm: str = 'none',
                 attention_sink: str = 'none') -> None:
@@ -135,10 +140,10 @@ def check_place(mechanism: type[base.Mechanism], scheme: type, *,
       )
   if qk_norm not in QK_NORMS:
     raise ValueError(f'qk_norm={qk_norm!r} is not one of {QK_NORMS}.')
-  if qk_norm != 'none' and not {'query', 'key'} <= set(caps.projections):
+  if qk_norm != 'none' and not takes_qk_norm(caps):
     raise ValueError(
         f'qk_norm={qk_norm!r} normalises the projected queries and keys, '
-        f'which {mechanism.name!r} does not use.')
+        f'which {mechanism.name!r} does not use or normalises itself.')
   if attention_sink not in SINKS:
     raise ValueError(
         f'attention_sink={attention_sink!r} is not one of {SINKS}.')

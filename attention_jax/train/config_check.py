@@ -249,7 +249,8 @@ def _check_place(model, scheme, place: str, field: str, name: str) -> None:
           f'{name!r} only in config.model.decoder_self_attention).'
       )
   for option, values, needs in (
-      ('qk_norm', frame.QK_NORMS, 'query and key projections'),
+      ('qk_norm', frame.QK_NORMS,
+       'query and key projections it does not normalise itself'),
       ('attention_sink', frame.SINKS, 'a softmax denominator')):
     value = model[option]
     if value not in values:
@@ -288,7 +289,7 @@ def _serves(cls, place: str) -> bool:
 def _allows(cls, option: str) -> bool:
   caps = cls.capabilities
   if option == 'qk_norm':
-    return {'query', 'key'} <= set(caps.projections)
+    return frame.takes_qk_norm(caps)
   return caps.sink
 
 
