@@ -171,3 +171,30 @@ def test_gradients_finite_at_8k_tokens_with_extreme_decays(channels):
   np.testing.assert_allclose(
       out[0], _float64_recurrence(q[0], k[0], v[0], log_decay[0]),
       atol=1e-3, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    'name', ['retnet', 'gla', 'mamba2', 'deltanet', 'gated_deltanet'])
+def test_recurrent_form_trains_the_same_function_as_the_chunked_form(name):
+  # The `form` option swaps the causal computation, nothing else: the same
+  # parameters give the same outputs over packed sentences and padding.
+  from attention_jax import attention  # pylint: disable=g-import-not-at-top
+  from attention_jax.attention import frame  # pylint: disable=g-import-not-at-top
+
+  def layer(form):
+    options = attention.MECHANISMS.options(name, {'chunk_size': 3,
+                                                  'form': form})
+    return frame.MultiHeadAttention(
+        frame.AttentionConfig(mechanism=name, options=options,
+                              num_heads=HEADS, head_dim=DEPTH,
+                              deterministic=True),
+        causal=True, self_attention=True)
+
+  x = _normal(0, (2, 11, HEADS * DEPTH))
+  seg = _segments(11)
+  params = layer('chunked').init(jax.random.key(1), x, x, seg, seg)
+  outputs = [layer(form).apply(params, x, x, seg, seg)
+             for form in ('chunked', 'recurrent')]
+  np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="form='fused'.*'chunked', 'recurrent'"):
+    attention.MECHANISMS.options(name, {'form': 'fused'})

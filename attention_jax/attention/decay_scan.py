@@ -266,10 +266,26 @@ class DecayOptions:
   # Positions per chunk of the causal form (see the module docstring); any
   # value computes the same attention.
   chunk_size: int = 64
+  # How causal self-attention is computed in training and evaluation:
+  # 'chunked' (the chunk-parallel form) or 'recurrent' (a lax.scan over
+  # tokens, the decoding step's own form: slower, the plain reference).
+  # Both compute the same function; other places always use their parallel
+  # forms.
+  form: str = 'chunked'
 
   def __post_init__(self):
     if self.chunk_size < 1:
       raise ValueError(f'chunk_size={self.chunk_size} must be at least 1.')
+    check_form(self.form)
+
+
+FORMS = ('chunked', 'recurrent')
+
+
+def check_form(form: str) -> None:
+  """Raises ValueError unless `form` is one of FORMS."""
+  if form not in FORMS:
+    raise ValueError(f'form={form!r} is not one of {FORMS}.')
 
 
 class DecayingState(base.Mechanism):
@@ -283,7 +299,7 @@ class DecayingState(base.Mechanism):
   """
 
   Options = DecayOptions
-  RESUMABLE_FIELDS = ('chunk_size',)
+  RESUMABLE_FIELDS = ('chunk_size', 'form')
   TEST_OPTIONS = {'chunk_size': 3}
   capabilities = base.Capabilities(
       causal=True,
@@ -339,6 +355,9 @@ class DecayingState(base.Mechanism):
       return linear.segment_sums(
           q, weighted_k, v, mask.q_segment_ids_BxQ, mask.kv_segment_ids_BxK,
           chunk_size)
+    if inputs.causal and self.options.form == 'recurrent':
+      return reference_recurrence(q, k, v, log_decay,
+                                  mask.kv_segment_ids_BxK)[0]
     if inputs.causal:
       return causal_scan(q, k, v, log_decay, mask.kv_segment_ids_BxK,
                          chunk_size)[0]

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from attention_jax import partitioning as part
 from attention_jax.attention import base
+from attention_jax.attention import decay_scan
 from attention_jax.attention import delta_rule
 from attention_jax.attention import registry
 
@@ -46,10 +47,17 @@ class DeltaNetOptions:
   # Tokens per chunk of the chunked form; any value computes the same
   # function (64 as in flash-linear-attention's kernels).
   chunk_size: int = 64
+  # How causal self-attention is computed in training and evaluation:
+  # 'chunked' (the chunk-parallel form) or 'recurrent' (a lax.scan over
+  # tokens, the decoding step's own form: slower, the plain reference).
+  # Both compute the same function; other places always use their parallel
+  # forms.
+  form: str = 'chunked'
 
   def __post_init__(self):
     if self.chunk_size < 1:
       raise ValueError(f'chunk_size={self.chunk_size} must be at least 1.')
+    decay_scan.check_form(self.form)
 
 
 def gate_projection(module, inputs_BxKxE, num_heads: int, name: str):
@@ -75,7 +83,7 @@ class DeltaNet(base.Mechanism):
   """
 
   Options = DeltaNetOptions
-  RESUMABLE_FIELDS = ('chunk_size',)
+  RESUMABLE_FIELDS = ('chunk_size', 'form')
   TEST_OPTIONS = {'chunk_size': 3}
   capabilities = base.Capabilities(
       causal=True,
@@ -135,6 +143,9 @@ class DeltaNet(base.Mechanism):
       return delta_rule.cross(query, key, value, beta, log_alpha,
                               mask.q_segment_ids_BxQ, mask.kv_segment_ids_BxK,
                               chunk)
+    if inputs.causal and self.options.form == 'recurrent':
+      return delta_rule.recurrent(query, key, value, beta, log_alpha,
+                                  mask.kv_segment_ids_BxK)[0]
     if inputs.causal:
       out, _ = delta_rule.chunked(query, key, value, beta, log_alpha,
                                   mask.kv_segment_ids_BxK, chunk)
