@@ -2,6 +2,12 @@
 
   python -m experiments.benchmark_attention --json_out=/tmp/attention.json
   python -m experiments.benchmark_attention --lengths=128 --variants=chunked
+  python -m experiments.benchmark_attention --causal --modes=forward_backward \
+      --variants=gla:chunk_size=64,gla:form=recurrent,softmax,chunked
+
+A variant is a registered name, optionally with option overrides after
+colons (`gla:chunk_size=64:form=recurrent`), so forms and sizes of one
+mechanism can be timed side by side.
 
 Each (variant, length, mode) is measured in its own process, so one variant's
 memory never counts against another and a failure cannot take the sweep
@@ -16,6 +22,14 @@ call that needs more memory than the machine has fails cleanly and is
 reported as 'oom' instead of swapping; one that runs past --timeout is
 reported as 'timeout'.
 
+Each timed call also reports its FLOPs (XLA's cost analysis of the compiled
+call) and the achieved GFLOP/s, beside a float32 matmul peak measured once
+at the start. Mode 'decode' times incremental decoding instead: the causal
+self-attention layer with a cache of `length` tokens generates `length`
+tokens one call at a time, and the seconds per token are reported near
+token 64 (tokens 33-64) and near the last (the final 32), to show whether a
+token's cost grows with the tokens before it.
+
 It also reports each mechanism's decoding cache in bytes per layer: the part
 that grows with every decoded token (keys and values, or what replaces them)
 and the part of constant size (a recurrent state), from the shapes of the
@@ -28,6 +42,7 @@ shipped sweep.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import resource
@@ -45,6 +60,7 @@ import jax.numpy as jnp
 
 from attention_jax import attention
 from attention_jax.attention import frame
+from attention_jax.train import flops
 
 _LENGTHS = flags.DEFINE_list(
     'lengths', ['1024', '4096', '16384'], 'Sequence lengths.'
@@ -55,8 +71,13 @@ _VARIANTS = flags.DEFINE_list(
 _MODES = flags.DEFINE_list(
     'modes', ['forward', 'forward_backward'],
     'forward: the call; forward_backward: gradients w.r.t. parameters and '
-    'inputs.',
+    'inputs; decode: seconds per generated token (see the docstring).',
 )
+_CAUSAL = flags.DEFINE_bool(
+    'causal', False,
+    'Time causal self-attention for every variant (those that have no '
+    'causal form are skipped); by default calls are non-causal except for '
+    'mechanisms defined only as causal.')
 _TIMEOUT = flags.DEFINE_integer(
     'timeout', 900, 'Seconds one measurement process may run.'
 )
@@ -83,21 +104,46 @@ _BATCH, _HEADS, _HEAD_DIM = 1, 8, 64
 _EMB_DIM = _HEADS * _HEAD_DIM
 
 
+def parse_variant(variant: str) -> tuple[str, dict]:
+  """'name:field=value:...' -> (name, {field: value}), values typed as the
+  mechanism's option fields.
+
+  Raises:
+    ValueError: for an unknown field or a value of the wrong type.
+  """
+  name, *assignments = variant.split(':')
+  fields = {f.name: f for f in dataclasses.fields(attention.get(name).Options)}
+  options = {}
+  for assignment in assignments:
+    field, _, value = assignment.partition('=')
+    if field not in fields:
+      raise ValueError(
+          f'{variant!r}: {name!r} has no option {field!r}; its options are '
+          f'{", ".join(fields) or "none"}.')
+    kind = type(fields[field].default)
+    options[field] = (value.lower() in ('1', 'true') if kind is bool
+                      else kind(value))
+  return name, options
+
+
 def _config(variant: str, **changes) -> frame.AttentionConfig:
+  name, overrides = parse_variant(variant)
   sizes = {'chunk_size': _CHUNK_SIZE.value, 'window_size': _WINDOW_SIZE.value}
-  fields = {f.name for f in dataclasses.fields(attention.get(variant).Options)}
+  fields = {f.name for f in dataclasses.fields(attention.get(name).Options)}
+  options = {k: v for k, v in sizes.items() if k in fields} | overrides
   return frame.AttentionConfig(
-      mechanism=variant,
-      options=attention.MECHANISMS.options(
-          variant, {k: v for k, v in sizes.items() if k in fields}),
+      mechanism=name,
+      options=attention.MECHANISMS.options(name, options),
       num_heads=_HEADS, head_dim=_HEAD_DIM, dtype=jnp.float32,
       deterministic=True, **changes,
   )
 
 
 def measured_causal(variant: str) -> bool:
-  """Whether the timed call is causal: only for causal-only mechanisms."""
-  return not attention.get(variant).capabilities.bidirectional
+  """Whether the timed call is causal: with --causal, or for causal-only
+  mechanisms."""
+  caps = attention.get(parse_variant(variant)[0]).capabilities
+  return _CAUSAL.value or not caps.bidirectional
 
 
 def decoding_cache_bytes(variant: str) -> dict:
@@ -141,9 +187,40 @@ def _build(variant: str, length: int):
   return module, params, x, inputs
 
 
+def _decode_seconds_per_token(variant: str, length: int) -> dict:
+  """Seconds per generated token near token 64 and near token `length`."""
+  module = frame.MultiHeadAttention(_config(variant, decode=True),
+                                    causal=True, self_attention=True)
+  x = jax.random.normal(jax.random.key(0), (_BATCH, length, _EMB_DIM))
+  ids = jnp.ones((_BATCH, length), jnp.int32)
+  variables = jax.jit(module.init)(jax.random.key(1), x, x, ids, ids)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(variables, x_t):
+    out, cache = module.apply(variables, x_t, x_t, ids[:, :1], ids[:, :1],
+                              mutable=['cache'])
+    return {**variables, **cache}, out
+
+  seconds = []
+  for t in range(length):
+    start = time.perf_counter()
+    variables, out = step(variables, x[:, t:t + 1])
+    jax.block_until_ready(out)
+    seconds.append(time.perf_counter() - start)
+  window = min(32, length // 2)
+  return {'seconds_per_token_at_64': statistics.mean(
+              seconds[max(64 - window, 1):64]),
+          'seconds_per_token_at_end': statistics.mean(seconds[-window:]),
+          'tokens': length}
+
+
 def _child_main(kind: str) -> None:
   """Measures one (variant, length, mode); prints one JSON line."""
   (variant,), (length,), (mode,) = _VARIANTS.value, _LENGTHS.value, _MODES.value
+  if mode == 'decode':
+    print(json.dumps({} if kind == 'baseline'
+                     else _decode_seconds_per_token(variant, int(length))))
+    return
   module, params, x, inputs = _build(variant, int(length))
   if kind == 'baseline':
     print(json.dumps({}))
@@ -164,8 +241,10 @@ def _child_main(kind: str) -> None:
     start = time.perf_counter()
     jax.block_until_ready(compiled(params, x))
     seconds.append(time.perf_counter() - start)
+  gflop = flops.compiled_flops(compiled)
   print(json.dumps({
       'seconds': statistics.median(seconds),
+      'gflop': None if gflop is None else gflop / 1e9,
       'xla_temp_mb': None if analysis is None
                      else analysis.temp_size_in_bytes / 2**20,
   }))
@@ -190,7 +269,7 @@ def _run_child(kind: str, variant: str, length: int, mode: str) -> dict:
       f'--child={kind}',
       f'--variants={variant}', f'--lengths={length}', f'--modes={mode}',
       f'--repeats={_REPEATS.value}', f'--chunk_size={_CHUNK_SIZE.value}',
-      f'--window_size={_WINDOW_SIZE.value}',
+      f'--window_size={_WINDOW_SIZE.value}', f'--causal={_CAUSAL.value}',
   ]
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, JAX_PLATFORMS='cpu')
@@ -257,13 +336,19 @@ def _measure_all(variants, lengths, modes):
 
 
 def _print_row(result) -> None:
-  if result['status'] == 'ok':
+  if result['status'] == 'ok' and result['mode'] == 'decode':
+    cells = (f"{result['seconds_per_token_at_64']:10.5f} s/token at 64, "
+             f"{result['seconds_per_token_at_end']:.5f} at "
+             f"{result['tokens']}",)
+  elif result['status'] == 'ok':
+    rate = (result['gflop'] / result['seconds'] if result.get('gflop')
+            else float('nan'))
     cells = (f"{result['seconds']:10.4f}",
              f"{result.get('memory_mb', 0):12.1f}",
-             f"{result['xla_temp_mb'] or 0:12.1f}")
+             f"{result['xla_temp_mb'] or 0:12.1f}", f"{rate:10.1f}")
   else:
-    cells = (f"{result['status'].upper():>10}", f"{'':>12}", f"{'':>12}")
-  print(f"{result['variant']:>16} {result['length']:>7} {result['mode']:>16} "
+    cells = (f"{result['status'].upper():>10}",)
+  print(f"{result['variant']:>28} {result['length']:>7} {result['mode']:>16} "
         + ' '.join(cells), flush=True)
 
 
@@ -273,15 +358,24 @@ def main(argv) -> None:
     _child_main(_CHILD.value)
     return
   variants = _VARIANTS.value or attention.names()
+  for variant in variants:
+    parse_variant(variant)  # Refuses a misspelt option before any timing.
+  if _CAUSAL.value:
+    variants = [v for v in variants
+                if attention.get(parse_variant(v)[0]).capabilities.causal]
   lengths = [int(length) for length in _LENGTHS.value]
+  timed = set(_MODES.value) - {'decode'}
+  peak = flops.measure_matmul_peak() if timed else None
+  if peak:
+    print(f'Measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s')
   # Shapes only, so every registered mechanism's cache, whatever is timed.
   caches = {name: decoding_cache_bytes(name) for name in attention.names()}
   print('Decoding cache of one layer, bytes per row (width 512, 8 heads):')
   print(f"{'variant':>16} {'per token':>10} {'constant':>10}")
   for variant, cache in caches.items():
     print(f"{variant:>16} {cache['per_token']:>10,} {cache['constant']:>10,}")
-  print(f"{'variant':>16} {'length':>7} {'mode':>16} {'seconds':>10} "
-        f"{'peak MiB':>12} {'XLA temp MiB':>12}", flush=True)
+  print(f"{'variant':>28} {'length':>7} {'mode':>16} {'seconds':>10} "
+        f"{'peak MiB':>12} {'XLA temp MiB':>12} {'GFLOP/s':>10}", flush=True)
   results = _measure_all(variants, lengths, _MODES.value)
   for result in results:
     result['causal'] = measured_causal(result['variant'])
@@ -296,7 +390,9 @@ def main(argv) -> None:
           'setup': {
               'batch': _BATCH, 'heads': _HEADS, 'head_dim': _HEAD_DIM,
               'dtype': 'float32',
-              'causal': 'only for mechanisms defined only as causal',
+              'causal': (True if _CAUSAL.value else
+                         'only for mechanisms defined only as causal'),
+              'matmul_peak_gflops': peak and peak / 1e9,
               'chunk_size': _CHUNK_SIZE.value,
               'window_size': _WINDOW_SIZE.value,
               'memory_limit_gb': _MEMORY_LIMIT_GB.value,

@@ -43,9 +43,11 @@ def _segments(length):
 
 
 @pytest.mark.parametrize('channels', CHANNELS)
-@pytest.mark.parametrize('length', [12, 13])
-def test_chunked_equals_recurrent_scan(length, channels):
-  """Outputs, final states and gradients, packed rows with padding."""
+@pytest.mark.parametrize('length, chunk', [(12, CHUNK), (13, CHUNK),
+                                           (45, 32)])
+def test_chunked_equals_recurrent_scan(length, chunk, channels):
+  """Outputs, final states and gradients, packed rows with padding; chunks
+  of 32 take GLA's two-level form (sub-chunks of 16)."""
   arrays = _arrays(length, channels)
   seg = _segments(length)
   real = (seg > 0)[..., None, None]
@@ -53,7 +55,7 @@ def test_chunked_equals_recurrent_scan(length, channels):
   cotangent_state = _normal(10, (2, HEADS, DEPTH, DEPTH))
 
   def chunked(*arrays):
-    return decay_scan.causal_scan(*arrays, seg, CHUNK)
+    return decay_scan.causal_scan(*arrays, seg, chunk)
 
   def recurrent(*arrays):
     return decay_scan.reference_recurrence(*arrays, seg)

@@ -61,22 +61,79 @@ def _chunked(x, num_chunks: int, chunk: int, mode: str = 'constant'):
   return x.reshape(x.shape[0], num_chunks, chunk, *x.shape[2:])
 
 
+# Per-channel decays: sub-chunk length of the two-level form (see
+# `_decayed_scores`).
+SUBCHUNK = 4
+
+
 def _decayed_scores(q_BxNxCxHxK, k_BxNxCxHxK, cum_BxNxCxHxA, visible_BxNxCxC):
   """sum_d q_id k_jd exp(cum_id - cum_jd) where visible, per chunk.
+
+  One decay per head: the C x C decays times q k^T. Per key channel
+  (GLA), the two-level form of Yang et al. 2024 (sec. 4.2, "secondary
+  chunking"): the chunk is cut into sub-chunks of SUBCHUNK positions; a
+  key j before the query's sub-chunk, which starts at p with cum_p, is
+  scored by a matmul of q_i exp(cum_i - cum_p) and k_j exp(cum_p - cum_j),
+  both factors at most 1 (cum never increases), so nothing overflows and a
+  factor underflows only where the exact product is smaller still; pairs in
+  one sub-chunk take the exact elementwise form, O(SUBCHUNK * d_k) per
+  position instead of O(C * d_k).
 
   Returns:
     [B, N, H, C, C] (query i, key j).
   """
+  chunk, channels = q_BxNxCxHxK.shape[2], cum_BxNxCxHxA.shape[-1]
+  if channels == 1:
+    return (jnp.einsum('bnihk,bnjhk->bnhij', q_BxNxCxHxK, k_BxNxCxHxK)
+            * jnp.moveaxis(_pair_decays(cum_BxNxCxHxA, visible_BxNxCxC)[
+                ..., 0], -1, 2))
+  if chunk <= SUBCHUNK or chunk % SUBCHUNK:
+    return jnp.einsum('bnihk,bnjhk,bnijhk->bnhij', q_BxNxCxHxK, k_BxNxCxHxK,
+                      _pair_decays(cum_BxNxCxHxA, visible_BxNxCxC))
+  lead, num_sub = q_BxNxCxHxK.shape[:2], chunk // SUBCHUNK
+  split = lambda x: x.reshape(lead + (num_sub, SUBCHUNK) + x.shape[3:])
+  q_BxNxMxSxHxK, cum_BxNxMxSxHxA = split(q_BxNxCxHxK), split(cum_BxNxCxHxA)
+  start_BxNxMxHxA = cum_BxNxMxSxHxA[:, :, :, 0]
+  q_scaled = q_BxNxMxSxHxK * jnp.exp(cum_BxNxMxSxHxA
+                                     - start_BxNxMxHxA[:, :, :, None])
+  position_C = jnp.arange(chunk)
+  # Key j lies before sub-chunk m: [M, C].
+  before_MxC = position_C[None] < SUBCHUNK * jnp.arange(num_sub)[:, None]
+  gap_BxNxMxCxHxA = (start_BxNxMxHxA[:, :, :, None]
+                     - cum_BxNxCxHxA[:, :, None])
+  k_scaled = k_BxNxCxHxK[:, :, None] * jnp.exp(
+      jnp.where(before_MxC[None, None, :, :, None, None], gap_BxNxMxCxHxA,
+                -jnp.inf))
+  earlier_BxNxHxMxSxC = jnp.einsum('bnmihk,bnmjhk->bnhmij', q_scaled,
+                                   k_scaled)
+  sub_visible = visible_BxNxCxC.reshape(
+      lead + (num_sub, SUBCHUNK, num_sub, SUBCHUNK))
+  diagonal_visible = jnp.moveaxis(  # [B, N, M, S, S]
+      jnp.diagonal(sub_visible, axis1=2, axis2=4), -1, 2)
+  # Pairs inside one sub-chunk, the sub-chunks flattened into the chunks.
+  flat = lambda x: x.reshape((lead[0], -1) + x.shape[3:])
+  decays_BxNxMxSxSxHxA = _pair_decays(
+      flat(cum_BxNxMxSxHxA), flat(diagonal_visible)).reshape(
+          lead + (num_sub, SUBCHUNK, SUBCHUNK) + cum_BxNxCxHxA.shape[3:])
+  within_BxNxHxMxSxS = jnp.einsum(
+      'bnmihk,bnmjhk,bnmijhk->bnhmij', q_BxNxMxSxHxK, split(k_BxNxCxHxK),
+      decays_BxNxMxSxSxHxA)
+  # Sub-chunk m's own keys occupy columns m*S .. m*S + S - 1.
+  within_BxNxHxMxSxC = jnp.einsum(
+      'bnhmij,mq->bnhmiqj', within_BxNxHxMxSxS,
+      jnp.eye(num_sub, dtype=within_BxNxHxMxSxS.dtype)).reshape(
+          earlier_BxNxHxMxSxC.shape)
+  scores = (earlier_BxNxHxMxSxC + within_BxNxHxMxSxC).reshape(
+      lead + (q_BxNxCxHxK.shape[3], chunk, chunk))
+  return jnp.where(visible_BxNxCxC[:, :, None], scores, 0.0)
+
+
+def _pair_decays(cum_BxNxCxHxA, visible_BxNxCxC):
+  """exp(cum_i - cum_j) where visible, else 0: [B, N, C, C, H, A]."""
   gap = cum_BxNxCxHxA[:, :, :, None] - cum_BxNxCxHxA[:, :, None, :]
   # Masked before exp: invisible pairs (j > i) have positive gaps that would
   # overflow and turn gradients into NaN.
-  decay_BxNxCxCxHxA = jnp.exp(
-      jnp.where(visible_BxNxCxC[..., None, None], gap, -jnp.inf))
-  if cum_BxNxCxHxA.shape[-1] == 1:
-    return (jnp.einsum('bnihk,bnjhk->bnhij', q_BxNxCxHxK, k_BxNxCxHxK)
-            * jnp.moveaxis(decay_BxNxCxCxHxA[..., 0], -1, 2))
-  return jnp.einsum('bnihk,bnjhk,bnijhk->bnhij', q_BxNxCxHxK, k_BxNxCxHxK,
-                    decay_BxNxCxCxHxA)
+  return jnp.exp(jnp.where(visible_BxNxCxC[..., None, None], gap, -jnp.inf))
 
 
 def causal_scan(q_BxLxHxK, k_BxLxHxK, v_BxLxHxV, log_decay_BxLxHxA,
