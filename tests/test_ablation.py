@@ -348,7 +348,7 @@ def test_plain_config_refuses_study_flags(tmp_path):
 
 
 def test_shipped_studies_load():
-  for name in ('attention', 'heads', 'cross_attention'):
+  for name in ('attention', 'heads', 'cross_attention', 'modern'):
     study = study_lib.load(
         os.path.join(smoke_runs.REPO, 'experiments', 'ablations', f'{name}.py')
     )
