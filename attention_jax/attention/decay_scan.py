@@ -277,8 +277,8 @@ class DecayingState(base.Mechanism):
 
   Subclasses define `key_extras`, `reference_extras` (the log-decays, and
   what `keys` reads, from the paper's equations) and, where they differ
-  from the defaults, `log_decay`, `queries` and `keys`. Everything is
-  float32. Decoding state: {'state': [B, H, d_k, d_v]}, the running S
+  from the defaults, `log_decay`, `queries`, `keys` and `skip`. Everything
+  is float32. Decoding state: {'state': [B, H, d_k, d_v]}, the running S
   (causal) or S_last + S'_first of the memory (cross-attention).
   """
 
@@ -308,6 +308,17 @@ class DecayingState(base.Mechanism):
     del key_extras
     return key_BxKxHxD.astype(jnp.float32)
 
+  def skip(self, module, num_heads: int):
+    """None, or a weight per head [H]: self-attention then adds w_h v_t,
+    each token's own value, to its output (Mamba-2's D)."""
+    del module, num_heads
+    return None
+
+  def reference_skip(self, params):
+    """`skip` from the parameters."""
+    del params
+    return None
+
   def reference_extras(self, params, inputs_kv_BxKxE, num_heads):
     """{'log_decay': [B, K, H] or [B, K, H, D], and what `keys` reads} from
     the paper's equations, without Flax modules."""
@@ -328,6 +339,11 @@ class DecayingState(base.Mechanism):
     return self._keys(key_BxKxGxD, value_BxKxGxD, extras, log_decay,
                       num_heads)
 
+  def _with_skip(self, out_BxLxHxD, skip_H, value_BxLxHxD):
+    if skip_H is None:
+      return out_BxLxHxD
+    return out_BxLxHxD + skip_H[None, None, :, None] * value_BxLxHxD
+
   def attend(self, module, inputs):
     q = self.queries(inputs.query_BxQxHxD)
     k, v, log_decay = self._module_keys(
@@ -340,10 +356,12 @@ class DecayingState(base.Mechanism):
           q, weighted_k, v, mask.q_segment_ids_BxQ, mask.kv_segment_ids_BxK,
           chunk_size)
     if inputs.causal:
-      return causal_scan(q, k, v, log_decay, mask.kv_segment_ids_BxK,
-                         chunk_size)[0]
-    return bidirectional_scan(q, k, v, log_decay, mask.kv_segment_ids_BxK,
-                              chunk_size)
+      out = causal_scan(q, k, v, log_decay, mask.kv_segment_ids_BxK,
+                        chunk_size)[0]
+    else:
+      out = bidirectional_scan(q, k, v, log_decay, mask.kv_segment_ids_BxK,
+                               chunk_size)
+    return self._with_skip(out, self.skip(module, inputs.num_heads), v)
 
   def reference(self, params, inputs, path=()):
     del path
@@ -354,11 +372,16 @@ class DecayingState(base.Mechanism):
                                  extras, extras['log_decay'],
                                  inputs.num_heads)
     if inputs.causal:
-      return reference_recurrence(q, k, v, log_decay,
-                                  inputs.mask.kv_segment_ids_BxK)[0]
-    return reference_dense(
-        q, k, v, log_decay, base.reference_mask(inputs)[:, 0],
-        inputs.mask.kv_segment_ids_BxK, self_attention=inputs.self_attention)
+      out = reference_recurrence(q, k, v, log_decay,
+                                 inputs.mask.kv_segment_ids_BxK)[0]
+    else:
+      out = reference_dense(
+          q, k, v, log_decay, base.reference_mask(inputs)[:, 0],
+          inputs.mask.kv_segment_ids_BxK,
+          self_attention=inputs.self_attention)
+    if inputs.self_attention:
+      out = self._with_skip(out, self.reference_skip(params), v)
+    return out
 
   def initial_state(self, module, key_BxKxGxD, value_BxKxGxD, num_heads):
     del module
@@ -368,13 +391,15 @@ class DecayingState(base.Mechanism):
 
   def step(self, module, state, query_Bx1xHxD, key_Bx1xGxD, value_Bx1xGxD,
            key_extras):
-    """S = Diag(a_t) S + k_t^T v_t, then o_t = q_t S."""
+    """S = Diag(a_t) S + k_t^T v_t, then o_t = q_t S (+ the skip)."""
+    num_heads = query_Bx1xHxD.shape[2]
     k, v, log_decay = self._module_keys(module, key_Bx1xGxD, value_Bx1xGxD,
-                                        key_extras, query_Bx1xHxD.shape[2])
+                                        key_extras, num_heads)
     decayed = jnp.exp(log_decay[:, 0])[..., None] * state['state']
     state = {'state': decayed + jnp.einsum('bhk,bhv->bhkv', k[:, 0],
                                            v[:, 0])}
-    return self.read(module, state, query_Bx1xHxD), state
+    out = self.read(module, state, query_Bx1xHxD)
+    return self._with_skip(out, self.skip(module, num_heads), v), state
 
   def summarise(self, module, key_BxKxGxD, value_BxKxGxD, kv_segment_ids_BxK,
                 num_heads, key_extras):

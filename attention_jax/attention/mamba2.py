@@ -33,7 +33,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import partitioning as part
-from attention_jax.attention import base
 from attention_jax.attention import decay_scan
 from attention_jax.attention import registry
 
@@ -93,33 +92,9 @@ class Mamba2(decay_scan.DecayingState):
   def keys(self, key_BxKxHxD, key_extras):
     return key_BxKxHxD.astype(jnp.float32) * key_extras['delta'][..., None]
 
-  def _skip(self, d_H, value_BxLxGxD, num_heads):
-    """D_h v_t, [B, L, H, D]."""
-    value = base.repeat_kv_heads(value_BxLxGxD, num_heads)
-    return d_H[None, None, :, None] * value.astype(jnp.float32)
-
-  def _d(self, module, num_heads):
+  def skip(self, module, num_heads):
     return module.param('D', part.init(nn.initializers.ones, part.HEADS),
                         (num_heads,), jnp.float32)
 
-  def attend(self, module, inputs):
-    out = super().attend(module, inputs)
-    if not inputs.self_attention:
-      return out
-    return out + self._skip(self._d(module, inputs.num_heads),
-                            inputs.value_BxKxGxD, inputs.num_heads)
-
-  def reference(self, params, inputs, path=()):
-    out = super().reference(params, inputs, path)
-    if not inputs.self_attention:
-      return out
-    return out + self._skip(params['D'], inputs.value_BxKxGxD,
-                            inputs.num_heads)
-
-  def step(self, module, state, query_Bx1xHxD, key_Bx1xGxD, value_Bx1xGxD,
-           key_extras):
-    out, state = super().step(module, state, query_Bx1xHxD, key_Bx1xGxD,
-                              value_Bx1xGxD, key_extras)
-    num_heads = query_Bx1xHxD.shape[2]
-    return out + self._skip(self._d(module, num_heads), value_Bx1xGxD,
-                            num_heads), state
+  def reference_skip(self, params):
+    return params['D']
