@@ -23,8 +23,12 @@ The encoder's bidirectional form (`decay_scan`: each direction's scan,
 the token once) keeps the skip; cross-attention reads the memory's two
 final states and has no skip, the query's token not being in the memory.
 (Hydra, Hwang et al. 2024, is a bidirectional SSD with separate
-parameters per direction; here both directions share them.) Left out: the
-short convolution and its SiLU, the gate z and the gated RMSNorm.
+parameters per direction; here both directions share them.) Options
+(`conv_norm_gate`, off by default): the short convolution and its SiLU on
+x, B and C (`conv_size=4`; the skip then reads the convolved x, as in
+Mamba-2), the gate z (`output_gate='swish'`: o ⊙ swish(x W_z)) and the
+RMSNorm (`output_norm`, per head and before the gate, where Mamba-2
+normalises the gated output).
 """
 
 import flax.linen as nn
@@ -58,7 +62,7 @@ class Mamba2(decay_scan.DecayingState):
   """SSD with scalar decays exp(-Delta_t A_h) and the D skip.
 
   Parameters: the frame's, plus 'delta' (kernel [E, H]), 'delta_bias' [H],
-  'A_log' [H] and 'D' [H].
+  'A_log' [H], 'D' [H] and those of the options (`conv_norm_gate`).
   """
 
   def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate,
