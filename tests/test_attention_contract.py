@@ -74,7 +74,7 @@ CROSS_Q_SEGMENTS = jnp.array([[1, 1, 2, 2, 0],
 
 
 class _Core(nn.Module):
-  """The mechanism's `attend` alone, as the frame calls it."""
+  """The mechanism's `attend` and `finish` alone, as the frame calls them."""
 
   mechanism: str
 
@@ -84,8 +84,9 @@ class _Core(nn.Module):
     extras = mechanism.key_extras(self, inputs.inputs_kv_BxKxE,
                                   inputs.mask.kv_positions_BxK, inputs.rotate,
                                   inputs.num_heads)
-    return mechanism.attend(
+    out = mechanism.attend(
         self, dataclasses.replace(inputs, key_extras=extras))
+    return mechanism.finish(self, out, inputs.inputs_q_BxQxE)
 
 
 def _core_inputs(name, *, causal, self_attention, seed=0):

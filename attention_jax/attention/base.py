@@ -31,8 +31,14 @@ that only change how the same function is computed, such as a block size).
 
 Every mechanism also registers a `reference`: a plain implementation written
 from its paper's equations, with explicit quadratic masks, against which the
-contract tests (tests/test_attention_contract.py) compare `attend` in outputs
-and gradients.
+contract tests (tests/test_attention_contract.py) compare `attend` (followed
+by `finish`) in outputs and gradients.
+
+After `attend`, a decoding `step` or a cross-attention `read`, the frame
+passes the per-head output through the mechanism's `finish`, with the
+query-side inputs, before its output projection: the one place where a
+mechanism acts on its output in every place and in decoding alike (an
+output gate or norm; the identity by default).
 """
 
 import dataclasses
@@ -204,11 +210,12 @@ class Mechanism:
   """Base of every registered mechanism; subclasses override what they are.
 
   A subclass sets `capabilities` (and `Options` if it has hyper-parameters)
-  and implements `attend` and `reference`. Mechanisms with a recurrent
-  decoding state (or none) implement `summarise` and `read` for
-  cross-attention decoding, and recurrent ones `initial_state` and `step`
-  for causal decoding. Instances are made by the frame with the mechanism's
-  options and the layer's index in its stack; they hold no arrays.
+  and implements `attend` and `reference` (and `finish` if it acts on its
+  output in every place). Mechanisms with a recurrent decoding state (or
+  none) implement `summarise` and `read` for cross-attention decoding, and
+  recurrent ones `initial_state` and `step` for causal decoding. Instances
+  are made by the frame with the mechanism's options and the layer's index
+  in its stack; they hold no arrays.
   """
 
   Options: ClassVar[type] = NoOptions
@@ -216,7 +223,8 @@ class Mechanism:
   # differ when a checkpoint is resumed.
   RESUMABLE_FIELDS: ClassVar[tuple[str, ...]] = ()
   # Options for the contract tests: small blocks and windows, so that their
-  # short sequences cross every boundary the mechanism has.
+  # short sequences cross every boundary the mechanism has, and optional
+  # parts switched on, so that they are checked too.
   TEST_OPTIONS: ClassVar[dict[str, Any]] = {}
   capabilities: ClassVar[Capabilities] = Capabilities()
 
@@ -259,9 +267,25 @@ class Mechanism:
     """
     raise NotImplementedError
 
+  def finish(self, module: nn.Module, out_BxQxHxD,
+             inputs_q_BxQxE) -> jax.Array:
+    """The output as the frame projects it, [B, Q, H, D]; the identity here.
+
+    Called by the frame on what `attend`, `step` or `read` returned (in
+    decoding, one step: Q = 1), in every place; `reference` includes it.
+
+    Args:
+      module: the calling frame (parameters may be created).
+      out_BxQxHxD: the mechanism's per-head output.
+      inputs_q_BxQxE: the query-side inputs (the step's in decoding).
+    """
+    del module, inputs_q_BxQxE
+    return out_BxQxHxD
+
   def reference(self, params: dict[str, Any], inputs: AttentionInputs,
                 path: tuple[str, ...] = ()) -> jax.Array:
-    """The paper's equations, plainly: [B, Q, H, D], float32.
+    """The paper's equations, plainly, `finish` included: [B, Q, H, D],
+    float32.
 
     Args:
       params: the frame's parameters (the mechanism's own ones by the names

@@ -26,9 +26,11 @@ weight w_ij (per key channel) and o_i = sum_j (q_i * w_ij) . k_j v_j:
     prod_{l=first}^{j-1} a_l. Decoding keeps this one d_k x d_v state.
 
 Packed segments are contiguous runs; each starts with S = 0, and padding
-(segment 0) never enters a state. No normalisation over keys: the papers'
-output norms, output gates and short convolutions are not part of this
-module.
+(segment 0) never enters a state. No normalisation over keys. The papers'
+short convolution on q, k and v, output norm and output gate are options of
+every mechanism here (`conv_norm_gate`, off by default): the convolution
+before the projected heads enter any of the forms above (self-attention
+only), the norm and gate on o in `finish`.
 
 The fast causal form (`causal_scan`) cuts the sequence into chunks: inside a
 chunk the masked decayed score matrix is formed exactly, its decays the exp
@@ -46,6 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax.attention import base
+from attention_jax.attention import conv_norm_gate
 from attention_jax.attention import linear
 
 
@@ -319,7 +322,7 @@ def reference_dense(q_BxQxHxK, k_BxKxHxK, v_BxKxHxV, log_decay_BxKxHxA,
 
 
 @dataclasses.dataclass(frozen=True)
-class DecayOptions:
+class DecayOptions(conv_norm_gate.ConvNormGateOptions):
   # Positions per chunk of the causal form (see the module docstring); any
   # value computes the same attention.
   chunk_size: int = 64
@@ -331,6 +334,7 @@ class DecayOptions:
   form: str = 'chunked'
 
   def __post_init__(self):
+    super().__post_init__()
     if self.chunk_size < 1:
       raise ValueError(f'chunk_size={self.chunk_size} must be at least 1.')
     check_form(self.form)
@@ -350,14 +354,16 @@ class DecayingState(base.Mechanism):
 
   Subclasses define `key_extras`, `reference_extras` (the log-decays, and
   what `keys` reads, from the paper's equations) and, where they differ
-  from the defaults, `log_decay`, `queries` and `keys`. Everything is
-  float32. Decoding state: {'state': [B, H, d_k, d_v]}, the running S
-  (causal) or S_last + S'_first of the memory (cross-attention).
+  from the defaults, `log_decay`, `queries`, `keys` and `skip`. Everything
+  is float32. Decoding state: {'state': [B, H, d_k, d_v]}, the running S
+  (causal) or S_last + S'_first of the memory (cross-attention), and in
+  causal decoding with a short convolution 'conv' (`conv_norm_gate`).
   """
 
   Options = DecayOptions
   RESUMABLE_FIELDS = ('chunk_size', 'form')
-  TEST_OPTIONS = {'chunk_size': 3}
+  TEST_OPTIONS = {'chunk_size': 3, 'conv_size': 3, 'output_gate': 'swish',
+                  'output_norm': True}
   capabilities = base.Capabilities(
       causal=True,
       bidirectional=True,
@@ -381,6 +387,17 @@ class DecayingState(base.Mechanism):
     del key_extras
     return key_BxKxHxD.astype(jnp.float32)
 
+  def skip(self, module, num_heads: int):
+    """None, or a weight per head [H]: self-attention then adds w_h v_t,
+    each token's own (convolved) value, to its output (Mamba-2's D)."""
+    del module, num_heads
+    return None
+
+  def reference_skip(self, params):
+    """`skip` from the parameters."""
+    del params
+    return None
+
   def reference_extras(self, params, inputs_kv_BxKxE, num_heads):
     """{'log_decay': [B, K, H] or [B, K, H, D], and what `keys` reads} from
     the paper's equations, without Flax modules."""
@@ -401,7 +418,13 @@ class DecayingState(base.Mechanism):
     return self._keys(key_BxKxGxD, value_BxKxGxD, extras, log_decay,
                       num_heads)
 
+  def _with_skip(self, out_BxLxHxD, skip_H, value_BxLxHxD):
+    if skip_H is None:
+      return out_BxLxHxD
+    return out_BxLxHxD + skip_H[None, None, :, None] * value_BxLxHxD
+
   def attend(self, module, inputs):
+    inputs = conv_norm_gate.convolve(module, self.options, inputs)
     q = self.queries(inputs.query_BxQxHxD)
     k, v, log_decay = self._module_keys(
         module, inputs.key_BxKxGxD, inputs.value_BxKxGxD, inputs.key_extras,
@@ -413,44 +436,64 @@ class DecayingState(base.Mechanism):
           q, weighted_k, v, mask.q_segment_ids_BxQ, mask.kv_segment_ids_BxK,
           chunk_size)
     if inputs.causal and self.options.form == 'recurrent':
-      return reference_recurrence(q, k, v, log_decay,
-                                  mask.kv_segment_ids_BxK)[0]
-    if inputs.causal:
-      return causal_scan(q, k, v, log_decay, mask.kv_segment_ids_BxK,
-                         chunk_size)[0]
-    return bidirectional_scan(q, k, v, log_decay, mask.kv_segment_ids_BxK,
-                              chunk_size)
+      out = reference_recurrence(q, k, v, log_decay,
+                                 mask.kv_segment_ids_BxK)[0]
+    elif inputs.causal:
+      out = causal_scan(q, k, v, log_decay, mask.kv_segment_ids_BxK,
+                        chunk_size)[0]
+    else:
+      out = bidirectional_scan(q, k, v, log_decay, mask.kv_segment_ids_BxK,
+                               chunk_size)
+    return self._with_skip(out, self.skip(module, inputs.num_heads), v)
+
+  def finish(self, module, out_BxQxHxD, inputs_q_BxQxE):
+    return conv_norm_gate.finish(module, self.options, out_BxQxHxD,
+                                 inputs_q_BxQxE)
 
   def reference(self, params, inputs, path=()):
     del path
     extras = self.reference_extras(params, inputs.inputs_kv_BxKxE,
                                    inputs.num_heads)
-    q = self.queries(inputs.query_BxQxHxD)
-    k, v, log_decay = self._keys(inputs.key_BxKxGxD, inputs.value_BxKxGxD,
+    heads = conv_norm_gate.reference_convolve(params, self.options, inputs)
+    q = self.queries(heads.query_BxQxHxD)
+    k, v, log_decay = self._keys(heads.key_BxKxGxD, heads.value_BxKxGxD,
                                  extras, extras['log_decay'],
                                  inputs.num_heads)
     if inputs.causal:
-      return reference_recurrence(q, k, v, log_decay,
-                                  inputs.mask.kv_segment_ids_BxK)[0]
-    return reference_dense(
-        q, k, v, log_decay, base.reference_mask(inputs)[:, 0],
-        inputs.mask.kv_segment_ids_BxK, self_attention=inputs.self_attention)
+      out = reference_recurrence(q, k, v, log_decay,
+                                 inputs.mask.kv_segment_ids_BxK)[0]
+    else:
+      out = reference_dense(
+          q, k, v, log_decay, base.reference_mask(inputs)[:, 0],
+          inputs.mask.kv_segment_ids_BxK,
+          self_attention=inputs.self_attention)
+    if inputs.self_attention:
+      out = self._with_skip(out, self.reference_skip(params), v)
+    return conv_norm_gate.reference_finish(params, self.options, out,
+                                           inputs.inputs_q_BxQxE)
 
   def initial_state(self, module, key_BxKxGxD, value_BxKxGxD, num_heads):
     del module
-    return {'state': jnp.zeros(
-        (value_BxKxGxD.shape[0], num_heads, key_BxKxGxD.shape[-1],
-         value_BxKxGxD.shape[-1]), jnp.float32)}
+    state = jnp.zeros((value_BxKxGxD.shape[0], num_heads,
+                       key_BxKxGxD.shape[-1], value_BxKxGxD.shape[-1]),
+                      jnp.float32)
+    return {'state': state, **conv_norm_gate.initial_conv_state(
+        self.options, num_heads, key_BxKxGxD, value_BxKxGxD)}
 
   def step(self, module, state, query_Bx1xHxD, key_Bx1xGxD, value_Bx1xGxD,
            key_extras):
-    """S = Diag(a_t) S + k_t^T v_t, then o_t = q_t S."""
-    k, v, log_decay = self._module_keys(module, key_Bx1xGxD, value_Bx1xGxD,
-                                        key_extras, query_Bx1xHxD.shape[2])
+    """S = Diag(a_t) S + k_t^T v_t, then o_t = q_t S (+ the skip)."""
+    query, key, value, state = conv_norm_gate.convolve_step(
+        module, self.options, state, query_Bx1xHxD, key_Bx1xGxD,
+        value_Bx1xGxD)
+    num_heads = query.shape[2]
+    k, v, log_decay = self._module_keys(module, key, value, key_extras,
+                                        num_heads)
     decayed = jnp.exp(log_decay[:, 0])[..., None] * state['state']
-    state = {'state': decayed + jnp.einsum('bhk,bhv->bhkv', k[:, 0],
-                                           v[:, 0])}
-    return self.read(module, state, query_Bx1xHxD), state
+    state = {**state, 'state': decayed + jnp.einsum('bhk,bhv->bhkv',
+                                                    k[:, 0], v[:, 0])}
+    out = self.read(module, state, query)
+    return self._with_skip(out, self.skip(module, num_heads), v), state
 
   def summarise(self, module, key_BxKxGxD, value_BxKxGxD, kv_segment_ids_BxK,
                 num_heads, key_extras):

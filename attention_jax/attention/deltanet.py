@@ -14,9 +14,11 @@ q and k L2-normalised per head (‖k‖ = 1 keeps I − β k kᵀ a contraction)
 bias, as in flash-linear-attention's layer). The papers' kernels also scale
 q by 1/√d; a constant factor the output projection absorbs, so o_t = S_t q_t
 is kept as written. The papers use no position scheme (the recurrence is
-order-aware), so none acts inside attention. Left out here, to come as a
-shared module: the short convolution before q, k and v, the output gate and
-the per-head output normalisation of the papers' layers.
+order-aware), so none acts inside attention. The papers' layers add a
+short convolution (with SiLU) on q, k and v before the normalisation, a
+per-head output RMSNorm and an output gate; they are options here
+(`conv_size=4`, `output_norm`, `output_gate='swish'`; see
+`conv_norm_gate`), off by default.
 
 Places:
   * Decoder self-attention: the causal recurrence, trained in the chunked
@@ -37,13 +39,14 @@ import jax.numpy as jnp
 
 from attention_jax import partitioning as part
 from attention_jax.attention import base
+from attention_jax.attention import conv_norm_gate
 from attention_jax.attention import decay_scan
 from attention_jax.attention import delta_rule
 from attention_jax.attention import registry
 
 
 @dataclasses.dataclass(frozen=True)
-class DeltaNetOptions:
+class DeltaNetOptions(conv_norm_gate.ConvNormGateOptions):
   # Tokens per chunk of the chunked form; any value computes the same
   # function (64 as in flash-linear-attention's kernels).
   chunk_size: int = 64
@@ -55,6 +58,7 @@ class DeltaNetOptions:
   form: str = 'chunked'
 
   def __post_init__(self):
+    super().__post_init__()
     if self.chunk_size < 1:
       raise ValueError(f'chunk_size={self.chunk_size} must be at least 1.')
     decay_scan.check_form(self.form)
@@ -77,14 +81,17 @@ def gate_projection(module, inputs_BxKxE, num_heads: int, name: str):
 class DeltaNet(base.Mechanism):
   """The delta rule with a data-dependent write strength β per head.
 
-  Parameters: the frame's, plus 'beta' (kernel [E, H]). Decoding state (a
-  dict, batch-leading for beam search): 'state' [B, H, D, D], M of the
-  tokens so far; cross-attention keeps M of the memory's real tokens.
+  Parameters: the frame's, plus 'beta' (kernel [E, H]) and those of the
+  options (`conv_norm_gate`). Decoding state (a dict, batch-leading for
+  beam search): 'state' [B, H, D, D], M of the tokens so far, and with a
+  short convolution 'conv', the last inputs it reads; cross-attention keeps
+  M of the memory's real tokens.
   """
 
   Options = DeltaNetOptions
   RESUMABLE_FIELDS = ('chunk_size', 'form')
-  TEST_OPTIONS = {'chunk_size': 3}
+  TEST_OPTIONS = {'chunk_size': 3, 'conv_size': 3, 'output_gate': 'swish',
+                  'output_norm': True}
   capabilities = base.Capabilities(
       causal=True,
       bidirectional=True,
@@ -132,7 +139,7 @@ class DeltaNet(base.Mechanism):
             jnp.where(real, self.log_alpha(key_extras), 0.0))
 
   def attend(self, module, inputs):
-    del module
+    inputs = conv_norm_gate.convolve(module, self.options, inputs)
     query, key, value = self._heads(inputs.query_BxQxHxD, inputs.key_BxKxGxD,
                                     inputs.value_BxKxGxD, inputs.num_heads)
     mask = inputs.mask
@@ -153,9 +160,19 @@ class DeltaNet(base.Mechanism):
     return delta_rule.bidirectional(query, key, value, beta, log_alpha,
                                     mask.kv_segment_ids_BxK, chunk)
 
+  def finish(self, module, out_BxQxHxD, inputs_q_BxQxE):
+    return conv_norm_gate.finish(module, self.options, out_BxQxHxD,
+                                 inputs_q_BxQxE)
+
   def reference(self, params, inputs, path=()):
-    # Token-by-token scans of the recurrence (Yang et al. 2024, eq. 1-2).
     del path
+    heads = conv_norm_gate.reference_convolve(params, self.options, inputs)
+    out = self._reference_recurrence(params, heads)
+    return conv_norm_gate.reference_finish(params, self.options, out,
+                                           inputs.inputs_q_BxQxE)
+
+  def _reference_recurrence(self, params, inputs):
+    """Token-by-token scans of the recurrence (Yang et al. 2024, eq. 1-2)."""
     num_heads = inputs.query_BxQxHxD.shape[2]
 
     def unit(x):
@@ -192,19 +209,21 @@ class DeltaNet(base.Mechanism):
 
   def initial_state(self, module, key_BxKxGxD, value_BxKxGxD, num_heads):
     del module
-    return {'state': jnp.zeros(
-        (key_BxKxGxD.shape[0], num_heads, key_BxKxGxD.shape[-1],
-         value_BxKxGxD.shape[-1]), jnp.float32)}
+    state = jnp.zeros((key_BxKxGxD.shape[0], num_heads, key_BxKxGxD.shape[-1],
+                       value_BxKxGxD.shape[-1]), jnp.float32)
+    return {'state': state, **conv_norm_gate.initial_conv_state(
+        self.options, num_heads, key_BxKxGxD, value_BxKxGxD)}
 
   def step(self, module, state, query_Bx1xHxD, key_Bx1xGxD, value_Bx1xGxD,
            key_extras):
-    del module
-    query, key, value = self._heads(query_Bx1xHxD, key_Bx1xGxD, value_Bx1xGxD,
-                                    query_Bx1xHxD.shape[2])
+    query, key, value, state = conv_norm_gate.convolve_step(
+        module, self.options, state, query_Bx1xHxD, key_Bx1xGxD,
+        value_Bx1xGxD)
+    query, key, value = self._heads(query, key, value, query.shape[2])
     out_BxHxD, new_state = delta_rule.recurrent_step(
         state['state'], query[:, 0], key[:, 0], value[:, 0],
         key_extras['beta'][:, 0], self.log_alpha(key_extras)[:, 0])
-    return out_BxHxD[:, None], {'state': new_state}
+    return out_BxHxD[:, None], {**state, 'state': new_state}
 
   def summarise(self, module, key_BxKxGxD, value_BxKxGxD, kv_segment_ids_BxK,
                 num_heads, key_extras):

@@ -8,7 +8,8 @@ scheme (self-attention only), QK-norm, the attention sink logit, dropout on
 attention weights, and decoding: the step counter, the key/value cache (with
 the mechanism's per-key extras) or the mechanism's own recurrent state, and
 the projected encoder memory. The mechanism, looked up by name,
-supplies only `attend` (see base.py). With `num_kv_heads` equal to
+supplies only `attend` (see base.py), and `finish` on its output before the
+output projection. With `num_kv_heads` equal to
 `num_heads`, parameter names and shapes match
 `flax.linen.MultiHeadDotProductAttention`.
 
@@ -222,6 +223,7 @@ class MultiHeadAttention(nn.Module):
         out_BxQxHxD = self._attend(
             mechanism, scheme, inputs_q_BxQxE, query, key, value, mask,
             decoding=False, extras=extras, inputs_kv=inputs_kv_BxKxE)
+    out_BxQxHxD = mechanism.finish(self, out_BxQxHxD, inputs_q_BxQxE)
     return self._output(out_BxQxHxD, inputs_q_BxQxE.shape[-1])
 
   def _rotation(self, scheme):

@@ -12,8 +12,9 @@ g_t = −exp(A_log) · softplus(x_t W_a + dt_bias) per head (W_a: E x H, no
 bias); A = exp(A_log) starts uniform in [1, 16] and dt_bias at the inverse
 softplus of a dt log-uniform in [0.001, 0.1], so the initial α spans
 about 0.2 to 0.999 across heads. β, the L2-normalised q and k, the places
-(encoder, cross-attention) and what is left out (short convolution, output
-gate, per-head output normalisation; no position scheme) are DeltaNet's.
+(encoder, cross-attention), the options (the paper's short convolution,
+per-head output RMSNorm and swish output gate: o = RMSNorm(o) ⊙ swish(x W_g),
+off by default) and the absence of a position scheme are DeltaNet's.
 """
 
 import jax

@@ -17,8 +17,11 @@ the decays towards 1 (sigmoid 1/2 gives 0.958). As in the official code
 The key extra is the low-rank code x_t W_1 ([B, K, 16]); W_2 and b are
 applied where the decays are used (`log_decay`), since d_k is known only
 from the projected keys. The encoder's bidirectional and the
-cross-attention forms are those of `decay_scan`. Left out: the paper's
-per-head group norm, swish output gate and short convolutions.
+cross-attention forms are those of `decay_scan`. The paper's layer around
+the recurrence is a set of options (`conv_norm_gate`, off by default): the
+short convolution on q, k and v (`conv_size=4`), the per-head RMSNorm
+(`output_norm`) and the output gate o ⊙ swish(x W_g)
+(`output_gate='swish'`).
 """
 
 import flax.linen as nn
@@ -44,7 +47,8 @@ class GatedLinear(decay_scan.DecayingState):
   """GLA with per-channel decays from a low-rank gate.
 
   Parameters: the frame's, plus 'gate_down' [E, 16], 'gate_up'
-  [16, H, D] and 'gate_bias' [H, D].
+  [16, H, D], 'gate_bias' [H, D] and those of the options
+  (`conv_norm_gate`).
   """
 
   def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate,

@@ -23,8 +23,12 @@ The encoder's bidirectional form (`decay_scan`: each direction's scan,
 the token once) keeps the skip; cross-attention reads the memory's two
 final states and has no skip, the query's token not being in the memory.
 (Hydra, Hwang et al. 2024, is a bidirectional SSD with separate
-parameters per direction; here both directions share them.) Left out: the
-short convolution and its SiLU, the gate z and the gated RMSNorm.
+parameters per direction; here both directions share them.) Options
+(`conv_norm_gate`, off by default): the short convolution and its SiLU on
+x, B and C (`conv_size=4`; the skip then reads the convolved x, as in
+Mamba-2), the gate z (`output_gate='swish'`: o ⊙ swish(x W_z)) and the
+RMSNorm (`output_norm`, per head and before the gate, where Mamba-2
+normalises the gated output).
 """
 
 import flax.linen as nn
@@ -33,7 +37,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import partitioning as part
-from attention_jax.attention import base
 from attention_jax.attention import decay_scan
 from attention_jax.attention import registry
 
@@ -59,7 +62,7 @@ class Mamba2(decay_scan.DecayingState):
   """SSD with scalar decays exp(-Delta_t A_h) and the D skip.
 
   Parameters: the frame's, plus 'delta' (kernel [E, H]), 'delta_bias' [H],
-  'A_log' [H] and 'D' [H].
+  'A_log' [H], 'D' [H] and those of the options (`conv_norm_gate`).
   """
 
   def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate,
@@ -93,33 +96,9 @@ class Mamba2(decay_scan.DecayingState):
   def keys(self, key_BxKxHxD, key_extras):
     return key_BxKxHxD.astype(jnp.float32) * key_extras['delta'][..., None]
 
-  def _skip(self, d_H, value_BxLxGxD, num_heads):
-    """D_h v_t, [B, L, H, D]."""
-    value = base.repeat_kv_heads(value_BxLxGxD, num_heads)
-    return d_H[None, None, :, None] * value.astype(jnp.float32)
-
-  def _d(self, module, num_heads):
+  def skip(self, module, num_heads):
     return module.param('D', part.init(nn.initializers.ones, part.HEADS),
                         (num_heads,), jnp.float32)
 
-  def attend(self, module, inputs):
-    out = super().attend(module, inputs)
-    if not inputs.self_attention:
-      return out
-    return out + self._skip(self._d(module, inputs.num_heads),
-                            inputs.value_BxKxGxD, inputs.num_heads)
-
-  def reference(self, params, inputs, path=()):
-    out = super().reference(params, inputs, path)
-    if not inputs.self_attention:
-      return out
-    return out + self._skip(params['D'], inputs.value_BxKxGxD,
-                            inputs.num_heads)
-
-  def step(self, module, state, query_Bx1xHxD, key_Bx1xGxD, value_Bx1xGxD,
-           key_extras):
-    out, state = super().step(module, state, query_Bx1xHxD, key_Bx1xGxD,
-                              value_Bx1xGxD, key_extras)
-    num_heads = query_Bx1xHxD.shape[2]
-    return out + self._skip(self._d(module, num_heads), value_Bx1xGxD,
-                            num_heads), state
+  def reference_skip(self, params):
+    return params['D']

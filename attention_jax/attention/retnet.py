@@ -9,9 +9,12 @@ o_i = sum_{j<=i} gamma^(i-j) (q_i . k_j) v_j.
 
 The encoder's bidirectional form weighs key j by gamma^|i-j| and
 cross-attention reads gamma^(last-j) + gamma^(j-first) of each memory key
-(`decay_scan` defines both). Left out: xPos (the paper's rotation of
-queries and keys; no position scheme acts inside this mechanism), the
-per-head group norm and the swish output gate.
+(`decay_scan` defines both). The paper's per-head group norm and swish
+output gate are options (`output_norm`, here an RMSNorm: the group norm
+without its mean; `output_gate='swish'`: o ⊙ swish(x W_g)), with the short
+convolution of later linear layers (`conv_size`; see `conv_norm_gate`); all
+off by default. Left out: xPos (the paper's rotation of queries and keys;
+no position scheme acts inside this mechanism).
 """
 
 import jax.numpy as jnp
@@ -29,7 +32,8 @@ def _log_gamma(num_heads: int):
 
 @registry.register('retnet')
 class Retention(decay_scan.DecayingState):
-  """Retention with decays gamma_h = 1 - 2^(-5-h); no parameters of its own.
+  """Retention with decays gamma_h = 1 - 2^(-5-h); no parameters of its own
+  beyond those of its options (`conv_norm_gate`).
 
   `key_extras['log_decay']` is log gamma_h at every key, [B, K, H].
   """
