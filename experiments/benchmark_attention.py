@@ -196,15 +196,15 @@ def _decode_seconds_per_token(variant: str, length: int) -> dict:
   variables = jax.jit(module.init)(jax.random.key(1), x, x, ids, ids)
 
   @functools.partial(jax.jit, donate_argnums=0)
-  def step(variables, x_t):
-    out, cache = module.apply(variables, x_t, x_t, ids[:, :1], ids[:, :1],
+  def step(variables, x_t, ids_t):
+    out, cache = module.apply(variables, x_t, x_t, ids_t, ids_t,
                               mutable=['cache'])
     return {**variables, **cache}, out
 
   seconds = []
   for t in range(length):
     start = time.perf_counter()
-    variables, out = step(variables, x[:, t:t + 1])
+    variables, out = step(variables, x[:, t:t + 1], ids[:, :1])
     jax.block_until_ready(out)
     seconds.append(time.perf_counter() - start)
   window = min(32, length // 2)
@@ -226,20 +226,23 @@ def _child_main(kind: str) -> None:
     print(json.dumps({}))
     return
 
-  def forward(params, x):
+  # Segment ids and positions are arguments too: XLA would fold the masks
+  # made from constants at compile time.
+  def forward(params, x, inputs):
     return module.apply(params, x, x, *inputs)
 
   if mode == 'forward':
     step = jax.jit(forward)
   else:
-    step = jax.jit(jax.grad(lambda p, x: forward(p, x).sum(), argnums=(0, 1)))
-  compiled = step.lower(params, x).compile()
+    step = jax.jit(jax.grad(lambda p, x, inputs: forward(p, x, inputs).sum(),
+                            argnums=(0, 1)))
+  compiled = step.lower(params, x, inputs).compile()
   analysis = compiled.memory_analysis()
-  jax.block_until_ready(compiled(params, x))
+  jax.block_until_ready(compiled(params, x, inputs))
   seconds = []
   for _ in range(_REPEATS.value):
     start = time.perf_counter()
-    jax.block_until_ready(compiled(params, x))
+    jax.block_until_ready(compiled(params, x, inputs))
     seconds.append(time.perf_counter() - start)
   gflop = flops.compiled_flops(compiled)
   print(json.dumps({

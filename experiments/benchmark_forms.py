@@ -92,13 +92,15 @@ def measure(form: str, chunked: bool, chunk_size: int, length: int) -> dict:
   seg = jnp.ones((1, length), jnp.int32)
   f = _function(form, chunked, chunk_size)
   cotangent = jax.random.normal(jax.random.key(1), inputs['v'].shape)
-  step = jax.jit(jax.grad(lambda x: jnp.sum(f(x, seg) * cotangent)))
-  compiled = step.lower(inputs).compile()
-  jax.block_until_ready(compiled(inputs))
+  # Everything is an argument: XLA would fold work on constants at compile
+  # time.
+  step = jax.jit(jax.grad(lambda x, seg, dy: jnp.sum(f(x, seg) * dy)))
+  compiled = step.lower(inputs, seg, cotangent).compile()
+  jax.block_until_ready(compiled(inputs, seg, cotangent))
   seconds = []
   for _ in range(_REPEATS.value):
     start = time.perf_counter()
-    jax.block_until_ready(compiled(inputs))
+    jax.block_until_ready(compiled(inputs, seg, cotangent))
     seconds.append(time.perf_counter() - start)
   gflop = flops.compiled_flops(compiled)
   return {'form': form, 'computed': 'chunked' if chunked else 'recurrent',
