@@ -200,3 +200,35 @@ def test_recurrent_form_trains_the_same_function_as_the_chunked_form(name):
   np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
   with pytest.raises(ValueError, match="form='fused'.*'chunked', 'recurrent'"):
     attention.MECHANISMS.options(name, {'form': 'fused'})
+
+
+def test_retnet_with_rope_decodes_as_its_full_pass_and_is_shift_invariant():
+  # xPos's rotation is RoPE's: retention then scores q_n . k_m by n - m.
+  from attention_jax import attention  # pylint: disable=g-import-not-at-top
+  from attention_jax.attention import frame  # pylint: disable=g-import-not-at-top
+
+  def layer(decode=False):
+    return frame.MultiHeadAttention(
+        frame.AttentionConfig(
+            mechanism='retnet', options=attention.MECHANISMS.options(
+                'retnet', {'chunk_size': 3}),
+            position_scheme='rope', num_heads=HEADS, head_dim=DEPTH,
+            deterministic=True, decode=decode),
+        causal=True, self_attention=True)
+
+  x = _normal(0, (1, 7, HEADS * DEPTH))
+  seg = jnp.ones((1, 7), jnp.int32)
+  params = layer().init(jax.random.key(1), x, x, seg, seg)
+  full = layer().apply(params, x, x, seg, seg)
+  _, cache = layer(True).apply(params, x, x, seg, seg, mutable=['cache'])
+  steps = []
+  for t in range(7):
+    out, cache = layer(True).apply({**params, **cache}, x[:, t:t + 1],
+                                   x[:, t:t + 1], seg[:, :1], seg[:, :1],
+                                   mutable=['cache'])
+    steps.append(out)
+  np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
+  shifted = jnp.arange(7)[None] + 5
+  np.testing.assert_allclose(
+      layer().apply(params, x, x, seg, seg, shifted, shifted), full,
+      atol=1e-5)

@@ -13,9 +13,17 @@ cross-attention reads gamma^(last-j) + gamma^(j-first) of each memory key
 output gate are options (`output_norm`, here an RMSNorm: the group norm
 without its mean; `output_gate='swish'`: o ⊙ swish(x W_g)), with the short
 convolution of later linear layers (`conv_size`; see `conv_norm_gate`); all
-off by default. Left out: xPos (the paper's rotation of queries and keys;
-no position scheme acts inside this mechanism).
+off by default.
+
+The paper's xPos rotation: in retention, q_n e^(in theta) and k_m
+e^(-im theta) make the score depend on n - m, with gamma^(n-m) as xPos's
+decay; that rotation is RoPE's, so with `--config.model.position_scheme=rope`
+the frame rotates queries and keys (by position within the sentence, in
+training and decoding) and retention is the paper's. Other schemes act on
+the embeddings.
 """
+
+import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
@@ -37,6 +45,9 @@ class Retention(decay_scan.DecayingState):
 
   `key_extras['log_decay']` is log gamma_h at every key, [B, K, H].
   """
+
+  capabilities = dataclasses.replace(decay_scan.DecayingState.capabilities,
+                                     position_schemes=frozenset({'rope'}))
 
   def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate,
                  num_heads):
