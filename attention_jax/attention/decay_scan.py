@@ -323,8 +323,9 @@ def reference_dense(q_BxQxHxK, k_BxKxHxK, v_BxKxHxV, log_decay_BxKxHxA,
 
 @dataclasses.dataclass(frozen=True)
 class DecayOptions(conv_norm_gate.ConvNormGateOptions):
-  # Positions per chunk of the causal form (see the module docstring); any
-  # value computes the same attention.
+  """Options of the linear-state mechanisms here and of the delta rule's."""
+  # Positions per chunk of the chunked forms; any value computes the same
+  # attention (64 as in flash-linear-attention's kernels).
   chunk_size: int = 64
   # How causal self-attention is computed in training and evaluation:
   # 'chunked' (the chunk-parallel form) or 'recurrent' (a lax.scan over

@@ -31,8 +31,6 @@ Places:
     memory sentence, o_i = M_endᵀ q_i.
 """
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -43,25 +41,6 @@ from attention_jax.attention import conv_norm_gate
 from attention_jax.attention import decay_scan
 from attention_jax.attention import delta_rule
 from attention_jax.attention import registry
-
-
-@dataclasses.dataclass(frozen=True)
-class DeltaNetOptions(conv_norm_gate.ConvNormGateOptions):
-  # Tokens per chunk of the chunked form; any value computes the same
-  # function (64 as in flash-linear-attention's kernels).
-  chunk_size: int = 64
-  # How causal self-attention is computed in training and evaluation:
-  # 'chunked' (the chunk-parallel form) or 'recurrent' (a lax.scan over
-  # tokens, the decoding step's own form: slower, the plain reference).
-  # Both compute the same function; other places always use their parallel
-  # forms.
-  form: str = 'chunked'
-
-  def __post_init__(self):
-    super().__post_init__()
-    if self.chunk_size < 1:
-      raise ValueError(f'chunk_size={self.chunk_size} must be at least 1.')
-    decay_scan.check_form(self.form)
 
 
 def gate_projection(module, inputs_BxKxE, num_heads: int, name: str):
@@ -88,7 +67,7 @@ class DeltaNet(base.Mechanism):
   M of the memory's real tokens.
   """
 
-  Options = DeltaNetOptions
+  Options = decay_scan.DecayOptions  # chunk_size, form and conv_norm_gate's.
   RESUMABLE_FIELDS = ('chunk_size', 'form')
   TEST_OPTIONS = {'chunk_size': 3, 'conv_size': 3, 'output_gate': 'swish',
                   'output_norm': True}
