@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -138,6 +139,44 @@ def test_point_bookkeeping(tmp_path):
   with open(os.path.join(path, 'attempts.jsonl')) as f:
     outcomes = [json.loads(line)['outcome'] for line in f]
   assert outcomes == ['failed', 'preempted', 'done']
+
+
+_STOPPED_IN_EVALUATION = """
+import os, signal, sys, time
+sys.path[:0] = [{tests!r}, {repo!r}]
+from attention_jax.ablation import runner
+from attention_jax.ablation import study as study_lib
+
+def train(config, workdir):
+  # Training is over (no preemption handler of the trainer's is active);
+  # the study's SIGTERM arrives during the final evaluation.
+  os.makedirs(os.path.join(workdir, 'checkpoints', '10'))
+  os.kill(os.getpid(), signal.SIGTERM)
+  time.sleep(60)
+
+study = study_lib.load({study!r})
+runner.run_point(study, {workdir!r}, 'attention=linear/seed=0', 0, train)
+"""
+
+
+def test_a_point_stopped_outside_training_records_its_attempt(tmp_path):
+  # SIGTERM during a point's final evaluation used to kill it before its
+  # attempt was written: its wall time was lost from the report.
+  path = _write_study(tmp_path)
+  workdir = str(tmp_path / 'w')
+  code = _STOPPED_IN_EVALUATION.format(
+      tests=os.path.dirname(os.path.abspath(__file__)),
+      repo=smoke_runs.REPO, study=path, workdir=workdir)
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True, timeout=120, cwd=smoke_runs.REPO)
+  assert result.returncode == -signal.SIGTERM, result.stderr
+  point = runner.point_dir(workdir,
+                           study_lib.load(path).point('attention=linear/seed=0'))
+  with open(os.path.join(point, 'attempts.jsonl')) as f:
+    attempts = [json.loads(line) for line in f]
+  assert [a['outcome'] for a in attempts] == ['preempted']
+  assert runner.status(point) == runner.INTERRUPTED
+  assert not os.path.exists(os.path.join(point, 'error.json'))
 
 
 def _finish_fake_point(path, config, bleu):

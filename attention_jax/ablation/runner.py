@@ -169,19 +169,46 @@ def run_point(study: study_lib.Study, workdir: str, name: str,
     os.remove(error_path)
   start = time.time()
   outcome = 'preempted'
+  # The trainer turns SIGTERM/SIGINT into a checkpoint while it trains;
+  # outside that (loading, the final evaluation) the signal still ends the
+  # point as it did, but only after its attempt is recorded.
+  previous = {signum: signal.signal(signum, _raise_stopped)
+              for signum in (signal.SIGTERM, signal.SIGINT)}
   try:
-    if train(budgeted_config(study, point, equal_time), path) is not None:
-      outcome = DONE
-  except Exception as e:  # Recorded for the report, then raised.
-    outcome = FAILED
-    run_records.write_json(error_path,
-                           {'error': f'{type(e).__name__}: {e}',
-                            'traceback': traceback.format_exc()})
-    raise
+    try:
+      if train(budgeted_config(study, point, equal_time), path) is not None:
+        outcome = DONE
+    except Exception as e:  # Recorded for the report, then raised.
+      outcome = FAILED
+      run_records.write_json(error_path,
+                             {'error': f'{type(e).__name__}: {e}',
+                              'traceback': traceback.format_exc()})
+      raise
+    finally:
+      run_records.append_jsonl(os.path.join(path, 'attempts.jsonl'),
+                               {'start': start,
+                                'seconds': time.time() - start,
+                                'outcome': outcome})
+  except _Stopped as stopped:
+    # Dies by the signal, as the runner expects of a point it stopped.
+    signal.signal(stopped.signum, signal.SIG_DFL)
+    os.kill(os.getpid(), stopped.signum)
   finally:
-    run_records.append_jsonl(os.path.join(path, 'attempts.jsonl'),
-                             {'start': start, 'seconds': time.time() - start,
-                              'outcome': outcome})
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+
+
+class _Stopped(BaseException):
+  """SIGTERM/SIGINT outside training; not an Exception, so no error.json."""
+
+  def __init__(self, signum: int):
+    super().__init__(signum)
+    self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+  del frame
+  raise _Stopped(signum)
 
 
 def read_error(path: str) -> str:
