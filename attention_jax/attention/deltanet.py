@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from attention_jax import partitioning as part
 from attention_jax.attention import base
 from attention_jax.attention import conv_norm_gate
-from attention_jax.attention import decay_scan
+from attention_jax.attention import decaying_state
 from attention_jax.attention import delta_rule
 from attention_jax.attention import registry
 
@@ -67,7 +67,8 @@ class DeltaNet(base.Mechanism):
   M of the memory's real tokens.
   """
 
-  Options = decay_scan.DecayOptions  # chunk_size, form and conv_norm_gate's.
+  # chunk_size, form and the options of conv_norm_gate.
+  Options = decaying_state.DecayOptions
   RESUMABLE_FIELDS = ('chunk_size', 'form')
   TEST_OPTIONS = {'chunk_size': 3, 'conv_size': 3, 'output_gate': 'swish',
                   'output_norm': True}

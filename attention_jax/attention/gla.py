@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax import partitioning as part
-from attention_jax.attention import decay_scan
+from attention_jax.attention import decaying_state
 from attention_jax.attention import registry
 
 GATE_RANK = 16
@@ -43,7 +43,7 @@ def _glorot(out_axis):
 
 
 @registry.register('gla')
-class GatedLinear(decay_scan.DecayingState):
+class GatedLinear(decaying_state.DecayingState):
   """GLA with per-channel decays from a low-rank gate.
 
   Parameters: the frame's, plus 'gate_down' [E, 16], 'gate_up'

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import partitioning as part
-from attention_jax.attention import decay_scan
+from attention_jax.attention import decaying_state
 from attention_jax.attention import registry
 
 A_RANGE = (1.0, 16.0)
@@ -58,7 +58,7 @@ def _delta_bias_init(key, shape, dtype=jnp.float32):
 
 
 @registry.register('mamba2')
-class Mamba2(decay_scan.DecayingState):
+class Mamba2(decaying_state.DecayingState):
   """SSD with scalar decays exp(-Delta_t A_h) and the D skip.
 
   Parameters: the frame's, plus 'delta' (kernel [E, H]), 'delta_bias' [H],

@@ -28,7 +28,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from attention_jax.attention import decay_scan
+from attention_jax.attention import decaying_state
 from attention_jax.attention import registry
 
 
@@ -39,14 +39,14 @@ def _log_gamma(num_heads: int):
 
 
 @registry.register('retnet')
-class Retention(decay_scan.DecayingState):
+class Retention(decaying_state.DecayingState):
   """Retention with decays gamma_h = 1 - 2^(-5-h); no parameters of its own
   beyond those of its options (`conv_norm_gate`).
 
   `key_extras['log_decay']` is log gamma_h at every key, [B, K, H].
   """
 
-  capabilities = dataclasses.replace(decay_scan.DecayingState.capabilities,
+  capabilities = dataclasses.replace(decaying_state.DecayingState.capabilities,
                                      position_schemes=frozenset({'rope'}))
 
   def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate,
