@@ -46,6 +46,17 @@ def check_form(form: str) -> None:
     raise ValueError(f'form={form!r} is not one of {FORMS}.')
 
 
+def initial_state(options: DecayOptions, key_BxKxGxD, value_BxKxGxD,
+                  num_heads: int) -> dict:
+  """The decoding state before any token: {'state': 0 [B, H, d_k, d_v]} and
+  the convolution's buffers under `options` (`conv_norm_gate`)."""
+  state = jnp.zeros((value_BxKxGxD.shape[0], num_heads,
+                     key_BxKxGxD.shape[-1], value_BxKxGxD.shape[-1]),
+                    jnp.float32)
+  return {'state': state, **conv_norm_gate.initial_conv_state(
+      options, num_heads, key_BxKxGxD, value_BxKxGxD)}
+
+
 class DecayingState(base.Mechanism):
   """A mechanism whose state decays by the log-decays of its keys.
 
@@ -173,11 +184,7 @@ class DecayingState(base.Mechanism):
 
   def initial_state(self, module, key_BxKxGxD, value_BxKxGxD, num_heads):
     del module
-    state = jnp.zeros((value_BxKxGxD.shape[0], num_heads,
-                       key_BxKxGxD.shape[-1], value_BxKxGxD.shape[-1]),
-                      jnp.float32)
-    return {'state': state, **conv_norm_gate.initial_conv_state(
-        self.options, num_heads, key_BxKxGxD, value_BxKxGxD)}
+    return initial_state(self.options, key_BxKxGxD, value_BxKxGxD, num_heads)
 
   def step(self, module, state, query_Bx1xHxD, key_Bx1xGxD, value_Bx1xGxD,
            key_extras):

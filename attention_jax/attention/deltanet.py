@@ -189,10 +189,8 @@ class DeltaNet(base.Mechanism):
 
   def initial_state(self, module, key_BxKxGxD, value_BxKxGxD, num_heads):
     del module
-    state = jnp.zeros((key_BxKxGxD.shape[0], num_heads, key_BxKxGxD.shape[-1],
-                       value_BxKxGxD.shape[-1]), jnp.float32)
-    return {'state': state, **conv_norm_gate.initial_conv_state(
-        self.options, num_heads, key_BxKxGxD, value_BxKxGxD)}
+    return decaying_state.initial_state(self.options, key_BxKxGxD,
+                                        value_BxKxGxD, num_heads)
 
   def step(self, module, state, query_Bx1xHxD, key_Bx1xGxD, value_Bx1xGxD,
            key_extras):
