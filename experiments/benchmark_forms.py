@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from attention_jax.attention import decay_scan
 from attention_jax.attention import delta_rule
+from attention_jax.attention import head_norms
 from attention_jax.train import flops
 
 _LENGTHS = flags.DEFINE_list('lengths', ['512', '2048', '8192', '32768'],
@@ -63,7 +64,7 @@ def _inputs(form: str, length: int) -> dict:
     beta = jax.nn.sigmoid(jax.random.normal(keys[4], shape[:3]))
     log_alpha = (log_decay[..., 0] if form == 'gated_delta'
                  else jnp.zeros(shape[:3]))
-    return dict(q=delta_rule.l2_normalise(q), k=delta_rule.l2_normalise(k),
+    return dict(q=head_norms.l2_normalise(q), k=head_norms.l2_normalise(k),
                 v=v, beta=beta, log_alpha=log_alpha)
   return dict(q=q / _DEPTH**0.5, k=k, v=v, log_decay=log_decay)
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from attention_jax.attention import delta_rule
+from attention_jax.attention import head_norms
 
 HEADS, DEPTH, CHUNK = 2, 4, 4
 # Row 0: two packed sentences, the second crossing a chunk boundary, then
@@ -34,9 +35,9 @@ def _inputs(length, seed=0, gated=True, segments=None):
   if not gated:
     log_alpha = jnp.zeros_like(log_alpha)
   return dict(
-      query_BxLxHxK=delta_rule.l2_normalise(
+      query_BxLxHxK=head_norms.l2_normalise(
           jax.random.normal(keys[0], shape)),
-      key_BxLxHxK=delta_rule.l2_normalise(jax.random.normal(keys[1], shape)),
+      key_BxLxHxK=head_norms.l2_normalise(jax.random.normal(keys[1], shape)),
       value_BxLxHxV=jax.random.normal(keys[2], shape),
       beta_BxLxH=jnp.where(real, beta, 0.0),
       log_alpha_BxLxH=jnp.where(real, log_alpha, 0.0),
@@ -128,7 +129,7 @@ def test_bidirectional_equals_two_plain_scans(gated):
 def test_cross_reads_each_segments_final_state():
   arrays = _inputs(13, seed=2)
   q_segments = jnp.array([[2, 1, 2, 0], [1, 1, 1, 1]], jnp.int32)
-  query = delta_rule.l2_normalise(
+  query = head_norms.l2_normalise(
       jax.random.normal(jax.random.key(5), (2, 4, HEADS, DEPTH)))
   _, states = delta_rule.recurrent(**arrays)
   ours = jax.jit(delta_rule.cross, static_argnums=7)(
@@ -170,7 +171,7 @@ def test_gradients_finite_at_8k_tokens(log_alpha, beta):
 
   def loss(q, k, v, log_alpha_BxLxH, beta_BxLxH):
     out, state = delta_rule.chunked(
-        delta_rule.l2_normalise(q), delta_rule.l2_normalise(k), v,
+        head_norms.l2_normalise(q), head_norms.l2_normalise(k), v,
         beta_BxLxH, log_alpha_BxLxH, jnp.ones((1, length), jnp.int32), 64)
     return jnp.sum(out ** 2) + jnp.sum(state ** 2)
 

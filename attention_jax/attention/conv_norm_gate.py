@@ -1,5 +1,5 @@
 """The short convolution, output norm and output gate of the gated linear
-and delta-rule layers, shared by `decay_scan` (retnet, gla, mamba2) and
+and delta-rule layers, shared by `decaying_state` (retnet, gla, mamba2) and
 `deltanet` (deltanet, gated_deltanet).
 
 The papers' layers put the recurrence between three small parts, each an
@@ -45,6 +45,7 @@ import jax.numpy as jnp
 
 from attention_jax import partitioning as part
 from attention_jax.attention import base
+from attention_jax.attention import head_norms
 
 OUTPUT_GATES = ('none', 'swish', 'sigmoid')
 NORM_EPS = 1e-5
@@ -180,8 +181,7 @@ def finish(module: nn.Module, options: ConvNormGateOptions, out_BxQxHxD,
     scale_D = module.param('output_norm',
                            part.init(nn.initializers.ones, part.HEAD_DIM),
                            (depth,), jnp.float32)
-    out = out * jax.lax.rsqrt(jnp.mean(out * out, -1, keepdims=True)
-                              + NORM_EPS) * scale_D[None, None, None]
+    out = head_norms.rms_normalise(out, scale_D, NORM_EPS)
   if options.output_gate != 'none':
     logits = nn.DenseGeneral(
         features=(num_heads, depth),

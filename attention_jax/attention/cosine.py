@@ -3,11 +3,11 @@
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from attention_jax import partitioning as part
+from attention_jax.attention import head_norms
 from attention_jax.attention import registry
 from attention_jax.attention import softmax
 
@@ -26,11 +26,6 @@ class CosineOptions:
           f'initial_temperature={self.initial_temperature} must be positive '
           f'and at most max_temperature={self.max_temperature}.'
       )
-
-
-def _l2_normalize(x, eps=1e-6):
-  x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
 @registry.register('cosine')
@@ -63,8 +58,8 @@ class Cosine(softmax.Softmax):
     )
     cosine_BxHxQxK = jnp.einsum(
         'bqhd,bkhd->bhqk',
-        _l2_normalize(query_BxQxHxD),
-        _l2_normalize(key_BxKxHxD),
+        head_norms.l2_normalise(query_BxQxHxD),
+        head_norms.l2_normalise(key_BxKxHxD),
     )
     return cosine_BxHxQxK * temperature_H[None, :, None, None]
 

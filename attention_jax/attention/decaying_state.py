@@ -46,6 +46,21 @@ def check_form(form: str) -> None:
     raise ValueError(f'form={form!r} is not one of {FORMS}.')
 
 
+# Shared with `deltanet`: what the options change, what the contract suite
+# turns on, and what the family can do.
+RESUMABLE_FIELDS = ('chunk_size', 'form')
+TEST_OPTIONS = {'chunk_size': 3, 'conv_size': 3, 'output_gate': 'swish',
+                'output_norm': True}
+CAPABILITIES = base.Capabilities(
+    causal=True,
+    bidirectional=True,
+    cross_attention=True,
+    decoding_state=base.DecodingState.RECURRENT,
+    position_schemes=frozenset(),
+    attention_weights=False,
+)
+
+
 def initial_state(options: DecayOptions, key_BxKxGxD, value_BxKxGxD,
                   num_heads: int) -> dict:
   """The decoding state before any token: {'state': 0 [B, H, d_k, d_v]} and
@@ -69,17 +84,9 @@ class DecayingState(base.Mechanism):
   """
 
   Options = DecayOptions
-  RESUMABLE_FIELDS = ('chunk_size', 'form')
-  TEST_OPTIONS = {'chunk_size': 3, 'conv_size': 3, 'output_gate': 'swish',
-                  'output_norm': True}
-  capabilities = base.Capabilities(
-      causal=True,
-      bidirectional=True,
-      cross_attention=True,
-      decoding_state=base.DecodingState.RECURRENT,
-      position_schemes=frozenset(),
-      attention_weights=False,
-  )
+  RESUMABLE_FIELDS = RESUMABLE_FIELDS
+  TEST_OPTIONS = TEST_OPTIONS
+  capabilities = CAPABILITIES
 
   def log_decay(self, module, key_extras, num_heads: int, head_dim: int):
     """log a of every key, [B, K, H] or [B, K, H, head_dim]."""

@@ -41,12 +41,6 @@ import jax
 import jax.numpy as jnp
 
 
-def l2_normalise(x_BxLxHxD):
-  """x / ‖x‖ over the last axis (the papers normalise queries and keys)."""
-  x = x_BxLxHxD.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-6)
-
-
 def recurrent_step(state_BxHxKxV, query_BxHxK, key_BxHxK, value_BxHxV,
                    beta_BxH, log_alpha_BxH):
   """One token of the recurrence: (o_t [B, H, V], M_t [B, H, K, V])."""

@@ -31,6 +31,8 @@ Places:
     memory sentence, o_i = M_endᵀ q_i.
 """
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,6 +42,7 @@ from attention_jax.attention import base
 from attention_jax.attention import conv_norm_gate
 from attention_jax.attention import decaying_state
 from attention_jax.attention import delta_rule
+from attention_jax.attention import head_norms
 from attention_jax.attention import registry
 
 
@@ -69,20 +72,11 @@ class DeltaNet(base.Mechanism):
 
   # chunk_size, form and the options of conv_norm_gate.
   Options = decaying_state.DecayOptions
-  RESUMABLE_FIELDS = ('chunk_size', 'form')
-  TEST_OPTIONS = {'chunk_size': 3, 'conv_size': 3, 'output_gate': 'swish',
-                  'output_norm': True}
-  capabilities = base.Capabilities(
-      causal=True,
-      bidirectional=True,
-      cross_attention=True,
-      decoding_state=base.DecodingState.RECURRENT,
-      score_bias=False,
-      position_schemes=frozenset(),
-      attention_weights=False,
-      qk_norm=False,  # q and k are L2-normalised by the mechanism.
-      sink=False,
-  )
+  RESUMABLE_FIELDS = decaying_state.RESUMABLE_FIELDS
+  TEST_OPTIONS = decaying_state.TEST_OPTIONS
+  # q and k are L2-normalised by the mechanism.
+  capabilities = dataclasses.replace(decaying_state.CAPABILITIES,
+                                     qk_norm=False)
 
   def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate,
                  num_heads):
@@ -105,8 +99,8 @@ class DeltaNet(base.Mechanism):
   def _heads(self, query_BxQxHxD, key_BxKxGxD, value_BxKxGxD, num_heads):
     """float32 L2-normalised queries and keys, values, all with H heads."""
     query = (None if query_BxQxHxD is None
-             else delta_rule.l2_normalise(query_BxQxHxD))
-    key = delta_rule.l2_normalise(
+             else head_norms.l2_normalise(query_BxQxHxD))
+    key = head_norms.l2_normalise(
         base.repeat_kv_heads(key_BxKxGxD, num_heads))
     value = base.repeat_kv_heads(value_BxKxGxD, num_heads).astype(
         jnp.float32)
@@ -218,5 +212,5 @@ class DeltaNet(base.Mechanism):
   def read(self, module, summary, query_BxQxHxD):
     del module
     return jnp.einsum('bqhk,bhkv->bqhv',
-                      delta_rule.l2_normalise(query_BxQxHxD),
+                      head_norms.l2_normalise(query_BxQxHxD),
                       summary['state'])

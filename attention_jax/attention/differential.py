@@ -37,6 +37,7 @@ import numpy as np
 
 from attention_jax import partitioning as part
 from attention_jax.attention import base
+from attention_jax.attention import head_norms
 from attention_jax.attention import registry
 from attention_jax.attention import softmax
 
@@ -68,11 +69,6 @@ def _groups(x_BxLxHxD):
   split = x_BxLxHxD.reshape(shape[:-1] + (2, shape[-1] // 4, 2))
   half = shape[:-1] + (shape[-1] // 2,)
   return split[..., 0].reshape(half), split[..., 1].reshape(half)
-
-
-def _rms_normalise(x, scale_D):
-  x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + _NORM_EPSILON)
-  return x * scale_D[None, None, None]
 
 
 @registry.register('differential')
@@ -120,7 +116,8 @@ class Differential(base.Mechanism):
     scale_D = module.param(
         'head_norm', part.init(jax.nn.initializers.ones, part.HEAD_DIM),
         (head_dim,), jnp.float32)
-    out_BxQxHxD = _rms_normalise(out_BxQxHxD, scale_D)
+    out_BxQxHxD = head_norms.rms_normalise(out_BxQxHxD, scale_D,
+                                           _NORM_EPSILON)
     return (out_BxQxHxD * (1 - self.lambda_init)).astype(value_BxKxHxD.dtype)
 
   def reference(self, params, inputs, path=()):

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from attention_jax import partitioning as part
 from attention_jax.attention import base
 from attention_jax.attention import fused
+from attention_jax.attention import head_norms
 from attention_jax.attention import masks
 from attention_jax.attention import positions
 from attention_jax.attention import registry
@@ -261,9 +262,9 @@ class MultiHeadAttention(nn.Module):
       scale_D = self.param(f'{name}_norm',
                            part.init(nn.initializers.ones, part.HEAD_DIM),
                            (config.head_dim,), jnp.float32)
-      x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6)
-      return (x * scale_D[None, None, None]).astype(x_BxLxHxD.dtype)
-    x = x * jax.lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-12)
+      return head_norms.rms_normalise(x, scale_D, 1e-6).astype(
+          x_BxLxHxD.dtype)
+    x = head_norms.l2_normalise(x, 1e-12)
     if name == 'query':
       gain_H = self.param(
           'qk_norm_gain',
