@@ -19,6 +19,7 @@ from attention_jax.data import input_pipeline
 from attention_jax.decode.translator import translator_for
 from attention_jax.model import from_config
 from attention_jax.model.transformer import Transformer
+from attention_jax.train import averaging
 from attention_jax.train import config_check
 from attention_jax.train import evaluate
 from attention_jax.train import flops
@@ -275,10 +276,18 @@ def _train_and_evaluate(
         checkpointer.path(step),
     )
     return None
+  params, averaged_steps = state.params, None
+  if config.eval.average_checkpoints:
+    averaged_steps, params = averaging.average_last(
+        checkpointer, config.eval.average_checkpoints, state.params,
+        state_shardings.params,
+    )
   results = _final_evaluation(
-      config, workdir, state.params, data, translator, eval_fn, valid_batches,
+      config, workdir, params, data, translator, eval_fn, valid_batches,
       mesh,
   )
+  if averaged_steps is not None:
+    results['averaged_checkpoint_steps'] = averaged_steps
   results.update(
       **_peak_memory(),
       num_params=num_params,

@@ -152,6 +152,10 @@ def _default() -> ml_collections.ConfigDict:
   config.eval.valid_bleu = True
   # Sentences of each split translated at the end; 0: all of them.
   config.eval.final_sentences = 0
+  # The final evaluation uses the mean parameters of the last this many
+  # saved checkpoints (Vaswani et al. average 5); 0: the last one alone.
+  # Needs keep_checkpoints at least as large.
+  config.eval.average_checkpoints = 0
   return config
 
 
