@@ -113,6 +113,7 @@ RANGES: dict[str, Range] = {
     'eval_every': _COUNT,
     'checkpoint_every': _COUNT,
     'keep_checkpoints': _COUNT,
+    'profile_steps': _NON_NEGATIVE_INT,
     'eval.beam_size': _COUNT,
     'eval.length_penalty': Range(float, 0),
     'eval.max_decode_len': _COUNT,

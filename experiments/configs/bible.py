@@ -138,6 +138,10 @@ def _default() -> ml_collections.ConfigDict:
   config.eval_every = 1000
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
+  # Steps traced by jax.profiler into workdir/profile/process_<i>/ for
+  # TensorBoard's profile plugin, from the second step this process runs
+  # (the first warms up); 0: no trace.
+  config.profile_steps = 0
 
   config.eval = ml_collections.ConfigDict()
   config.eval.beam_size = 4
