@@ -151,9 +151,10 @@ def load(path: str, base_config: ml_collections.ConfigDict | None = None
   """Loads and checks the study at `path`.
 
   Args:
-    path: the study file.
+    path: the study file, or `FILE:ARG` as config_flags takes it: ARG goes
+      to the file's `get_config`, and stays in each point's command.
     base_config: the base config with command-line overrides applied (from
-      config_flags); by default the file's `get_config()`.
+      config_flags); by default the file's `get_config(ARG)`.
   """
   study = load_if_study(path, base_config)
   if study is None:
@@ -165,7 +166,8 @@ def load_if_study(
     path: str, base_config: ml_collections.ConfigDict | None = None
 ) -> Study | None:
   """As `load`, but None for a config file without a sweep (a plain run)."""
-  module = _load_module(path)
+  file_path, _, arg = path.partition(':')
+  module = _load_module(file_path)
   if module is None or not hasattr(module, 'sweep'):
     return None
   if not hasattr(module, 'BASELINE'):
@@ -174,7 +176,7 @@ def load_if_study(
         "with, e.g. BASELINE = 'attention=dot_product'."
     )
   if base_config is None:
-    base_config = module.get_config()
+    base_config = module.get_config(arg or None)
   study = Study(
       path=path,
       description=(module.__doc__ or '').strip(),

@@ -77,6 +77,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    """The saved steps, oldest first."""
+    return sorted(self._manager.all_steps())
+
   def save(self, step: int, state: Any, data_state: dict[str, int]) -> None:
     """Starts an asynchronous save; `wait()` blocks until it is on disk.
 

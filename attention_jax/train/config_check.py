@@ -113,6 +113,7 @@ RANGES: dict[str, Range] = {
     'eval_every': _COUNT,
     'checkpoint_every': _COUNT,
     'keep_checkpoints': _COUNT,
+    'profile_steps': _NON_NEGATIVE_INT,
     'eval.beam_size': _COUNT,
     'eval.length_penalty': Range(float, 0),
     'eval.max_decode_len': _COUNT,
@@ -120,6 +121,7 @@ RANGES: dict[str, Range] = {
     # 0: all of them.
     'eval.bleu_sentences': _NON_NEGATIVE_INT,
     'eval.final_sentences': _NON_NEGATIVE_INT,
+    'eval.average_checkpoints': Range(int, 2, special=((0, 'off'),)),
 }
 
 
@@ -161,6 +163,30 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f'{", ".join(from_config.DTYPES)}.'
     )
   _check_parallelism(config)
+  _check_averaging(config)
+
+
+def _check_averaging(config: ml_collections.ConfigDict) -> None:
+  """The checkpoints to average are kept, and a full run writes them."""
+  count = config.eval.get('average_checkpoints', 0)
+  if not count:
+    return
+  if count > config.keep_checkpoints:
+    raise ValueError(
+        f'config.eval.average_checkpoints={count} averages more checkpoints '
+        f'than config.keep_checkpoints={config.keep_checkpoints} keeps; '
+        f'raise keep_checkpoints to at least {count}.'
+    )
+  # One at each multiple of checkpoint_every, and one at the last step.
+  written = math.ceil(config.num_train_steps / config.checkpoint_every)
+  if count > written:
+    raise ValueError(
+        f'config.eval.average_checkpoints={count}, but a run of '
+        f'config.num_train_steps={config.num_train_steps} saves only {written} '
+        f'checkpoint(s) every config.checkpoint_every='
+        f'{config.checkpoint_every} steps; lower checkpoint_every or '
+        'average_checkpoints.'
+    )
 
 
 def _check_parallelism(config: ml_collections.ConfigDict) -> None:

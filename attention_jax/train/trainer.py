@@ -19,11 +19,13 @@ from attention_jax.data import input_pipeline
 from attention_jax.decode.translator import translator_for
 from attention_jax.model import from_config
 from attention_jax.model.transformer import Transformer
+from attention_jax.train import averaging
 from attention_jax.train import config_check
 from attention_jax.train import evaluate
 from attention_jax.train import flops
 from attention_jax.train import optim
 from attention_jax.train import preemption
+from attention_jax.train import profiling
 from attention_jax.train import run_config
 from attention_jax.train import steps
 from attention_jax.train import train_state
@@ -169,9 +171,12 @@ def _train_and_evaluate(
     # Training goes past an earlier end: its results no longer describe the
     # latest checkpoint (and would mark a study point finished).
     run_records.remove(os.path.join(workdir, 'results.json'))
-  with preemption.PreemptionWatcher() as watcher:
+  with (preemption.PreemptionWatcher() as watcher,
+        profiling.StepTracer(workdir, config.profile_steps, step) as tracer):
     while step < config.num_train_steps and train_seconds < time_limit:
-      state, metrics = train_fn(state, batch)
+      with tracer.step(step + 1):
+        state, metrics = train_fn(state, batch)
+      tracer.done(step + 1, (state, metrics))
       # The previous step's metrics are read only now, so the host never
       # waits for the device that is already running this step.
       if pending is not None:
@@ -275,10 +280,18 @@ def _train_and_evaluate(
         checkpointer.path(step),
     )
     return None
+  params, averaged_steps = state.params, None
+  if config.eval.average_checkpoints:
+    averaged_steps, params = averaging.average_last(
+        checkpointer, config.eval.average_checkpoints, state.params,
+        state_shardings.params,
+    )
   results = _final_evaluation(
-      config, workdir, state.params, data, translator, eval_fn, valid_batches,
+      config, workdir, params, data, translator, eval_fn, valid_batches,
       mesh,
   )
+  if averaged_steps is not None:
+    results['averaged_checkpoint_steps'] = averaged_steps
   results.update(
       **_peak_memory(),
       num_params=num_params,

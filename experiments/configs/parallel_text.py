@@ -23,7 +23,7 @@ from experiments.configs import bible
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-  """bible.py with the corpus read from files; `arg` is unused."""
+  """bible.py with the corpus read from files; `arg` is a bible.py preset."""
   config = bible.get_config(arg)
   config.data.dataset = 'parallel_text'
   # Language codes: the suffixes of aligned files, and part of the

@@ -18,7 +18,8 @@ from experiments.configs import bible
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   """The paper's base model and training recipe; `arg` is unused."""
-  config = bible.get_config(arg)
+  del arg
+  config = bible.get_config()
 
   config.data.dataset = 'wmt14_translate/de-en'
   config.data.source = 'en'
