@@ -220,12 +220,21 @@ def test_points_finished_in_another_study_are_reused(tmp_path):
       text)
 
 
-def _finish_scored_point(path, config, hypotheses, references):
-  """A finished point as training leaves it, with its test translations."""
+def _finish_scored_point(path, config, hypotheses, references,
+                         old_results=False):
+  """A finished point as training leaves it, with its test translations.
+
+  With old_results, as training left it before chrF and signatures.
+  """
   os.makedirs(os.path.join(path, 'translations'))
-  results = {'test_bleu': bleu.corpus_bleu(hypotheses, references),
+  scores = bleu.corpus_scores(hypotheses, references)
+  results = {'test_bleu': scores.bleu,
              'eval_loss': 3.0, 'steps': 10, 'num_params': 5,
              'config': config.to_dict()}
+  if not old_results:
+    results.update(test_chrf=scores.chrf,
+                   test_bleu_signature=scores.bleu_signature,
+                   test_chrf_signature=scores.chrf_signature)
   with open(os.path.join(path, 'results.json'), 'w') as f:
     json.dump(results, f)
   for name, lines in (('test.txt', hypotheses),
@@ -251,22 +260,28 @@ def test_report_of_one_seed_a_side_resamples_no_seeds(tmp_path):
   variant_output = list(baseline_output)
   variant_output[1] = references[1]
 
-  def finish(point, hypotheses):
+  def finish(point, hypotheses, old_results=False):
     config = runner.budgeted_config(study, point, 0)
     config.eval.final_sentences = 60
     _finish_scored_point(runner.point_dir(workdir, point), config, hypotheses,
-                         references)
+                         references, old_results)
 
-  finish(study.point('attention=softmax/seed=0'), baseline_output)
-  finish(study.point('attention=linear/seed=0'), variant_output)
+  # Seed 0 as results were written before chrF and signatures: missing.
+  finish(study.point('attention=softmax/seed=0'), baseline_output, True)
+  finish(study.point('attention=linear/seed=0'), variant_output, True)
   text = report.write_report(workdir, num_samples=100)
   row = next(line for line in text.splitlines()
              if line.startswith('| attention=linear |'))
   cells = [c.strip() for c in row.split('|')[1:-1]]
-  assert cells[5] == ('n/a: 1 seed of the baseline, 1 seed of the variant; '
+  assert cells[3] == '– ± –'  # No chrF.
+  assert cells[6] == ('n/a: 1 seed of the baseline, 1 seed of the variant; '
                       'resampling needs 2 a side')
-  assert cells[6] == 'n/a'
-  assert cells[4] != 'n/a'  # Test sentences alone are still resampled.
+  assert cells[7] == 'n/a'
+  assert cells[5] != 'n/a'  # Test sentences alone are still resampled.
+  assert ('- sacrebleu signatures: BLEU missing (results written before '
+          'signatures were recorded); chrF missing') in text
+  assert {r['test_chrf'] for r in _read_csv(
+      os.path.join(workdir, 'results.csv'))} == {''}
   assert 'Resampling test sentences and seeds: n/a for attention=linear' in (
       text)
   assert 'whole test split' not in text
@@ -276,15 +291,33 @@ def test_report_of_one_seed_a_side_resamples_no_seeds(tmp_path):
       os.path.join(workdir, 'summary.csv'))}
   assert summary['attention=linear']['seeds_p_value'] == 'nan'
 
-  # With the second seeds the seed columns are resampled.
+  # With the second seeds the seed columns are resampled; their chrF and
+  # signatures are reported.
   finish(study.point('attention=softmax/seed=1'), baseline_output)
   finish(study.point('attention=linear/seed=1'), variant_output)
   text = report.write_report(workdir, num_samples=100)
   row = next(line for line in text.splitlines()
              if line.startswith('| attention=linear |'))
   cells = [c.strip() for c in row.split('|')[1:-1]]
-  assert cells[5].startswith('[') and float(cells[6]) >= 0
+  assert cells[6].startswith('[') and float(cells[7]) >= 0
   assert 'n/a for' not in text
+  scores = bleu.corpus_scores(variant_output, references)
+  assert cells[3] == f'{scores.chrf:.2f} ± –'
+  assert (f'- sacrebleu signatures: BLEU `{scores.bleu_signature}` (missing '
+          f'for 2 of 4 finished points); chrF `{scores.chrf_signature}`') in (
+              text)
+  points = {r['name']: r for r in _read_csv(
+      os.path.join(workdir, 'results.csv'))}
+  linear = points['attention=linear/seed=1']
+  assert float(linear['test_chrf']) == pytest.approx(scores.chrf)
+  assert linear['test_bleu_signature'] == scores.bleu_signature
+  assert linear['test_chrf_signature'] == scores.chrf_signature
+  summary = {r['variant']: r for r in _read_csv(
+      os.path.join(workdir, 'summary.csv'))}
+  assert float(summary['attention=linear']['test_chrf_mean']) == (
+      pytest.approx(scores.chrf))
+  assert summary['attention=linear']['bleu_signature'] == (
+      scores.bleu_signature)
 
 
 def _run(flags, tmp_path, name) -> str:

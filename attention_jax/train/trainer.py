@@ -231,9 +231,11 @@ def _train_and_evaluate(
         scores = evaluate.eval_loss(eval_fn, state.params, valid_batches, mesh)
         scalars = {f'valid/{k}': v for k, v in scores.items()}
         if config.eval.valid_bleu:
-          scalars['valid/bleu'], _ = evaluate.translate_and_score(
+          valid_scores, _ = evaluate.translate_and_score(
               translator, state.params, sp, bleu_pairs
           )
+          scalars['valid/bleu'] = valid_scores.bleu
+          scalars['valid/chrf'] = valid_scores.chrf
         writer.write(step, {**scalars, 'train/seconds': train_seconds})
         logging.info(
             'step %d | valid loss %.3f | %s | trained %s', step,
@@ -290,13 +292,17 @@ def _train_and_evaluate(
   if is_chief:
     run_records.write_json(os.path.join(workdir, 'results.json'), results)
   writer.write(step, {
-      k: results[k] for k in ('test_bleu', 'valid_bleu') if k in results
+      k: results[k]
+      for k in ('test_bleu', 'valid_bleu', 'test_chrf', 'valid_chrf')
+      if k in results
   })
   writer.close()
   checkpointer.close()
   logging.info(
-      'Done: test BLEU %.2f, valid loss %.3f after %d steps.',
-      results['test_bleu'], results['eval_loss'], step,
+      'Done: test BLEU %.2f, chrF %.2f, valid loss %.3f after %d steps '
+      '(BLEU %s; chrF %s).',
+      results['test_bleu'], results['test_chrf'], results['eval_loss'], step,
+      results['test_bleu_signature'], results['test_chrf_signature'],
   )
   return results
 
@@ -314,13 +320,17 @@ def _final_evaluation(config, workdir, params, data, translator, eval_fn,
     splits.insert(0, ('valid', data.valid_text[:limit]))
   for split, pairs in splits:
     start = time.perf_counter()
-    score, hypotheses = evaluate.translate_and_score(
+    scores, hypotheses = evaluate.translate_and_score(
         translator, params, data.tokenizer, pairs
     )
     seconds = time.perf_counter() - start
     # Pieces of the detokenised output: the decoded tokens, less EOS.
     pieces = sum(len(ids) for ids in data.tokenizer.encode(hypotheses))
-    results[f'{split}_bleu'] = score
+    results[f'{split}_bleu'] = scores.bleu
+    results[f'{split}_chrf'] = scores.chrf
+    # sacrebleu's signatures: how the scores were computed, as papers quote.
+    results[f'{split}_bleu_signature'] = scores.bleu_signature
+    results[f'{split}_chrf_signature'] = scores.chrf_signature
     results[f'{split}_decode_seconds'] = seconds
     results[f'{split}_decode_tokens_per_sec'] = pieces / seconds
     # Sources cut to the model's max_len before decoding (see Translator).
