@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from attention_jax import distributed
+from attention_jax import progress
 from attention_jax import run_records
 from attention_jax import sharding
 from attention_jax.data import batches
@@ -34,11 +35,6 @@ from attention_jax.train.metrics_writer import MetricsWriter
 
 class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss."""
-
-
-def _format_seconds(seconds: float) -> str:
-  seconds = int(seconds)
-  return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
 def _check_finite(step: int, metrics, checkpointer: Checkpointer) -> dict:
@@ -217,7 +213,7 @@ def _train_and_evaluate(
             scalars['train/learning_rate'],
             scalars['train/target_tokens_per_sec'],
             f'{100 * scalars["train/mfu"]:.1f}%' if step_flops else 'n/a',
-            _format_seconds(max(0.0, min(
+            progress.format_seconds(max(0.0, min(
                 step_time * (config.num_train_steps - step),
                 time_limit - train_seconds,
             ))),
@@ -242,7 +238,7 @@ def _train_and_evaluate(
             scores['loss'],
             f'valid BLEU ({len(bleu_pairs)} sentences) '
             f'{scalars["valid/bleu"]:.2f}' if config.eval.valid_bleu
-            else 'valid BLEU off', _format_seconds(train_seconds),
+            else 'valid BLEU off', progress.format_seconds(train_seconds),
         )
         # Evaluation time is not training time.
         interval_start += time.perf_counter() - eval_start
