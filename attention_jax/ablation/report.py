@@ -65,8 +65,7 @@ def read_point(workdir: str, entry: dict) -> PointRecord:
       runner.read_results(path)
     except run_records.DamagedRecordError as e:
       error = str(e)
-  wall = sum(r.get('seconds', 0.0) for r in
-             run_records.read_jsonl(os.path.join(path, 'attempts.jsonl')))
+  wall = runner.wall_seconds(path)
   valid_loss = [
       (r['step'], r['valid/loss'])
       for r in run_records.read_jsonl(os.path.join(path, 'metrics.jsonl'))
