@@ -1,15 +1,19 @@
 """Studies: sweep expansion, bookkeeping, and a tiny study run end to end."""
 
 import csv
+import glob
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import smoke_runs
+from tensorboardX.proto import event_pb2
+from tensorboardX.proto import plugin_hparams_pb2
 
 from attention_jax.ablation import report
 from attention_jax.ablation import runner
@@ -185,7 +189,10 @@ def _finish_fake_point(path, config, bleu):
     f.write(config.to_json_best_effort())
   with open(os.path.join(path, 'results.json'), 'w') as f:
     json.dump({'test_bleu': bleu, 'eval_loss': 3.0, 'steps': 10,
-               'num_params': 5}, f)
+               'num_params': 5, 'test_bleu_signature': 'nrefs:1|tok:13a'}, f)
+  with open(os.path.join(path, 'attempts.jsonl'), 'w') as f:
+    f.writelines(json.dumps({'seconds': s, 'outcome': o}) + '\n'
+                 for s, o in ((20.0, 'failed'), (100.0, 'done')))
   with open(os.path.join(path, 'translations', 'test.txt'), 'w') as f:
     f.write('In the beginning\n')
   with open(os.path.join(path, 'translations', 'test_references.txt'),
@@ -219,13 +226,69 @@ def test_points_finished_in_another_study_are_reused(tmp_path):
   assert '- Reused: attention=softmax/seed=0, attention=linear/seed=0' in (
       text)
 
+  # Each reused point is one TensorBoard hparams session, still one after
+  # the study runs again.
+  assert runner.run_study(study, workdir, [], 0, reuse_from=[other])
+  for bleu, point in enumerate(study.points):
+    files, hparams, metrics = _read_hparams_session(
+        runner.point_dir(workdir, point))
+    assert len(files) == 1
+    assert hparams == {'variant': point.variant, 'seed': 0.0,
+                       'model.attention': point.variant.split('=')[1]}
+    assert metrics == {'test_bleu': float(bleu), 'eval_loss': 3.0,
+                       'steps': 10.0, 'num_params': 5.0,
+                       'wall_seconds': 120.0}
 
-def _finish_scored_point(path, config, hypotheses, references):
-  """A finished point as training leaves it, with its test translations."""
+
+def _read_hparams_session(path):
+  """(events files, hparams, final metrics) of the session in `path`.
+
+  Reads the TFRecord framing (length, its CRC, the Event, its CRC) itself:
+  the venv has tensorboardX's protos but no TensorBoard reader.
+  """
+  files = glob.glob(os.path.join(path, 'events.out.tfevents.*'))
+  hparams, metrics, tags = {}, {}, []
+  for name in files:
+    with open(name, 'rb') as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      length, = struct.unpack('<Q', data[offset:offset + 8])
+      event = event_pb2.Event.FromString(
+          data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        tags.append(value.tag)
+        if value.tag == '_hparams_/session_start_info':
+          start = plugin_hparams_pb2.HParamsPluginData.FromString(
+              value.metadata.plugin_data.content).session_start_info
+          for key, v in start.hparams.items():
+            hparams[key] = getattr(v, v.WhichOneof('kind'))
+        elif not value.tag.startswith('_hparams_/'):
+          metrics[value.tag] = value.simple_value
+  # No experiment summary: TensorBoard would show only its columns.
+  assert '_hparams_/experiment' not in tags
+  if files:
+    assert tags[0] == '_hparams_/session_start_info'
+    assert tags[-1] == '_hparams_/session_end_info'
+  return files, hparams, metrics
+
+
+def _finish_scored_point(path, config, hypotheses, references,
+                         old_results=False):
+  """A finished point as training leaves it, with its test translations.
+
+  With old_results, as training left it before chrF and signatures.
+  """
   os.makedirs(os.path.join(path, 'translations'))
-  results = {'test_bleu': bleu.corpus_bleu(hypotheses, references),
+  scores = bleu.corpus_scores(hypotheses, references)
+  results = {'test_bleu': scores.bleu,
              'eval_loss': 3.0, 'steps': 10, 'num_params': 5,
              'config': config.to_dict()}
+  if not old_results:
+    results.update(test_chrf=scores.chrf,
+                   test_bleu_signature=scores.bleu_signature,
+                   test_chrf_signature=scores.chrf_signature)
   with open(os.path.join(path, 'results.json'), 'w') as f:
     json.dump(results, f)
   for name, lines in (('test.txt', hypotheses),
@@ -251,22 +314,28 @@ def test_report_of_one_seed_a_side_resamples_no_seeds(tmp_path):
   variant_output = list(baseline_output)
   variant_output[1] = references[1]
 
-  def finish(point, hypotheses):
+  def finish(point, hypotheses, old_results=False):
     config = runner.budgeted_config(study, point, 0)
     config.eval.final_sentences = 60
     _finish_scored_point(runner.point_dir(workdir, point), config, hypotheses,
-                         references)
+                         references, old_results)
 
-  finish(study.point('attention=softmax/seed=0'), baseline_output)
-  finish(study.point('attention=linear/seed=0'), variant_output)
+  # Seed 0 as results were written before chrF and signatures: missing.
+  finish(study.point('attention=softmax/seed=0'), baseline_output, True)
+  finish(study.point('attention=linear/seed=0'), variant_output, True)
   text = report.write_report(workdir, num_samples=100)
   row = next(line for line in text.splitlines()
              if line.startswith('| attention=linear |'))
   cells = [c.strip() for c in row.split('|')[1:-1]]
-  assert cells[5] == ('n/a: 1 seed of the baseline, 1 seed of the variant; '
+  assert cells[3] == '– ± –'  # No chrF.
+  assert cells[6] == ('n/a: 1 seed of the baseline, 1 seed of the variant; '
                       'resampling needs 2 a side')
-  assert cells[6] == 'n/a'
-  assert cells[4] != 'n/a'  # Test sentences alone are still resampled.
+  assert cells[7] == 'n/a'
+  assert cells[5] != 'n/a'  # Test sentences alone are still resampled.
+  assert ('- sacrebleu signatures: BLEU missing (results written before '
+          'signatures were recorded); chrF missing') in text
+  assert {r['test_chrf'] for r in _read_csv(
+      os.path.join(workdir, 'results.csv'))} == {''}
   assert 'Resampling test sentences and seeds: n/a for attention=linear' in (
       text)
   assert 'whole test split' not in text
@@ -276,15 +345,33 @@ def test_report_of_one_seed_a_side_resamples_no_seeds(tmp_path):
       os.path.join(workdir, 'summary.csv'))}
   assert summary['attention=linear']['seeds_p_value'] == 'nan'
 
-  # With the second seeds the seed columns are resampled.
+  # With the second seeds the seed columns are resampled; their chrF and
+  # signatures are reported.
   finish(study.point('attention=softmax/seed=1'), baseline_output)
   finish(study.point('attention=linear/seed=1'), variant_output)
   text = report.write_report(workdir, num_samples=100)
   row = next(line for line in text.splitlines()
              if line.startswith('| attention=linear |'))
   cells = [c.strip() for c in row.split('|')[1:-1]]
-  assert cells[5].startswith('[') and float(cells[6]) >= 0
+  assert cells[6].startswith('[') and float(cells[7]) >= 0
   assert 'n/a for' not in text
+  scores = bleu.corpus_scores(variant_output, references)
+  assert cells[3] == f'{scores.chrf:.2f} ± –'
+  assert (f'- sacrebleu signatures: BLEU `{scores.bleu_signature}` (missing '
+          f'for 2 of 4 finished points); chrF `{scores.chrf_signature}`') in (
+              text)
+  points = {r['name']: r for r in _read_csv(
+      os.path.join(workdir, 'results.csv'))}
+  linear = points['attention=linear/seed=1']
+  assert float(linear['test_chrf']) == pytest.approx(scores.chrf)
+  assert linear['test_bleu_signature'] == scores.bleu_signature
+  assert linear['test_chrf_signature'] == scores.chrf_signature
+  summary = {r['variant']: r for r in _read_csv(
+      os.path.join(workdir, 'summary.csv'))}
+  assert float(summary['attention=linear']['test_chrf_mean']) == (
+      pytest.approx(scores.chrf))
+  assert summary['attention=linear']['bleu_signature'] == (
+      scores.bleu_signature)
 
 
 def _run(flags, tmp_path, name) -> str:
@@ -312,9 +399,22 @@ def test_tiny_study_runs_skips_resumes_and_reports(tmp_path, data_dir):
   log = _run(flags, tmp_path, 'first')
   assert "FAILED after" in log
   assert "Unknown attention mechanism 'bogus'" in log
+  assert '0 of 3 points done; ETA unknown' in log
+  assert '2 of 3 points done; ETA 0:' in log
   rows = {r['name']: r for r in _read_csv(workdir / 'results.csv')}
   assert [rows[n]['status'] for n in rows] == ['done', 'done', 'failed']
   assert float(rows['attention=linear/seed=0']['steps']) == 10
+  assert rows['attention=linear/seed=0']['test_chrf_signature'].startswith(
+      'nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:')
+  files, hparams, metrics = _read_hparams_session(str(linear))
+  assert len(files) == 1
+  assert hparams['model.attention'] == 'linear'
+  assert metrics['test_chrf'] == pytest.approx(
+      float(rows['attention=linear/seed=0']['test_chrf']))
+  assert metrics['steps'] == 10
+  # The failed point has no session.
+  assert not _read_hparams_session(
+      str(points / 'attention=bogus' / 'seed=0'))[0]
   assert 'Unknown attention' in rows['attention=bogus/seed=0']['error']
   for name in ('report.md', 'summary.csv', 'valid_loss.png', 'bleu.png',
                'attention_benchmark.png'):

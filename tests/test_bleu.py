@@ -115,3 +115,32 @@ def test_normalised_text_scores_as_sacrebleu_scores_it():
   assert bleu.corpus_bleu(hypotheses, references) == expected
   assert _significance_bleu(hypotheses, references) == pytest.approx(
       expected, abs=1e-9)
+
+
+@pytest.mark.parametrize('form', FORMS)
+def test_chrf_is_sacrebleus_on_normalised_text(form):
+  references = [unicodedata.normalize(form, r) for r in UNICODE_REFERENCES]
+  rng = np.random.default_rng(1)
+  hypotheses = [' '.join(w for w in r.split() if rng.random() < 0.7)
+                for r in references]
+  scores = bleu.corpus_scores(hypotheses, references)
+  normalised = [bleu.normalize(h) for h in hypotheses]
+  normalised_references = [bleu.normalize(r) for r in references]
+  expected = sacrebleu.corpus_chrf(normalised, [normalised_references]).score
+  assert 0 < expected < 100
+  assert scores.chrf == expected
+  assert scores.bleu == bleu.corpus_bleu(hypotheses, references)
+  # Equal up to the tokenizer's normalisation is perfect for chrF too.
+  assert bleu.corpus_scores(normalised_references, references).chrf == (
+      pytest.approx(100))
+
+
+def test_scores_carry_sacrebleus_signatures_of_the_default_metrics():
+  scores = bleu.corpus_scores(SENTENCES[:2], SENTENCES[1:3])
+  version = f'version:{sacrebleu.__version__}'
+  assert scores.bleu_signature == (
+      f'nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|{version}')
+  assert scores.chrf_signature == (
+      f'nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|{version}')
+  with pytest.raises(ValueError, match='2 hypotheses for 3 references'):
+    bleu.corpus_scores(SENTENCES[:2], SENTENCES[:3])

@@ -42,12 +42,20 @@ def test_smoke_trains_on_8_devices_and_resumes_with_same_losses(
   losses = _losses(tmp_path / 'a')
   assert sorted(losses) == list(range(5, 41, 5))
   assert losses[40] < losses[5] - 0.5, losses
-  for key in ('test_bleu', 'valid_bleu', 'eval_loss', 'num_params',
-              'train_tokens_per_sec', 'steps', 'train_seconds', 'config'):
+  for key in ('test_bleu', 'valid_bleu', 'test_chrf', 'valid_chrf',
+              'eval_loss', 'num_params', 'train_tokens_per_sec', 'steps',
+              'train_seconds', 'config'):
     assert key in results
   assert math.isfinite(results['test_bleu']) and results['steps'] == 40
+  assert 0 <= results['test_chrf'] <= 100
   with open(tmp_path / 'a' / 'results.json') as f:
-    assert json.load(f)['test_bleu'] == results['test_bleu']
+    written = json.load(f)
+  assert written['test_bleu'] == results['test_bleu']
+  for split in ('test', 'valid'):
+    assert written[f'{split}_bleu_signature'].startswith(
+        'nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:')
+    assert written[f'{split}_chrf_signature'].startswith(
+        'nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:')
 
   # Stopped at step 20, then restarted in the same workdir with 40 steps.
   trainer.train_and_evaluate(_config(data_dir, 20), str(tmp_path / 'b'))

@@ -65,8 +65,7 @@ def read_point(workdir: str, entry: dict) -> PointRecord:
       runner.read_results(path)
     except run_records.DamagedRecordError as e:
       error = str(e)
-  wall = sum(r.get('seconds', 0.0) for r in
-             run_records.read_jsonl(os.path.join(path, 'attempts.jsonl')))
+  wall = runner.wall_seconds(path)
   valid_loss = [
       (r['step'], r['valid/loss'])
       for r in run_records.read_jsonl(os.path.join(path, 'metrics.jsonl'))
@@ -127,12 +126,18 @@ def summarise(records: list[PointRecord], baseline: str,
   for variant in variants:
     done = [r for r in by_variant[variant] if r.status == runner.DONE]
     bleu = [r.results['test_bleu'] for r in done]
+    # Results written before chrF was scored lack it.
+    chrf = [r.results['test_chrf'] for r in done if 'test_chrf' in r.results]
     row = {
         'variant': variant,
         'finished': len(done),
         'points': len(by_variant[variant]),
         'test_bleu_mean': _mean(bleu),
         'test_bleu_std': _std(bleu),
+        'test_chrf_mean': _mean(chrf),
+        'test_chrf_std': _std(chrf),
+        'bleu_signature': _signatures(done, 'test_bleu_signature'),
+        'chrf_signature': _signatures(done, 'test_chrf_signature'),
         'valid_loss': _mean([r.results['eval_loss'] for r in done]),
         'steps': _mean([r.results['steps'] for r in done]),
         'num_params': _mean([r.results['num_params'] for r in done]),
@@ -167,6 +172,15 @@ def summarise(records: list[PointRecord], baseline: str,
   return rows
 
 
+def _signatures(records: list[PointRecord], key: str) -> str:
+  """The distinct sacrebleu signatures `key` of `records`, '; '-joined.
+
+  '' where none has one (results written before signatures were kept).
+  """
+  return '; '.join(sorted({r.results[key] for r in records
+                           if key in r.results}))
+
+
 def _too_few_seeds(baseline_seeds: int, variant_seeds: int) -> str:
   """Why seeds cannot be resampled, or '' where both sides have enough."""
   if min(baseline_seeds, variant_seeds) >= significance.MIN_SEEDS:
@@ -178,7 +192,8 @@ def _too_few_seeds(baseline_seeds: int, variant_seeds: int) -> str:
 
 
 _POINT_COLUMNS = (
-    'name', 'variant', 'seed', 'status', 'test_bleu', 'eval_loss', 'steps',
+    'name', 'variant', 'seed', 'status', 'test_bleu', 'test_chrf',
+    'test_bleu_signature', 'test_chrf_signature', 'eval_loss', 'steps',
     'num_params', 'train_tokens_per_sec', 'peak_memory_bytes',
     'peak_memory_kind', 'test_decode_tokens_per_sec', 'train_seconds',
     'wall_seconds', 'error',
@@ -203,11 +218,12 @@ def _fmt_int(value: float) -> str:
 
 def _markdown_table(rows: list[dict], baseline: str, memory_kind: str) -> str:
   head = (
-      '| variant | seeds | test BLEU (mean ± std) | Δ vs baseline [95% CI] '
+      '| variant | seeds | test BLEU (mean ± std) | test chrF (mean ± std) '
+      '| Δ BLEU vs baseline [95% CI] '
       '| p | 95% CI, seeds resampled too | p, seeds too | vs best '
       '| valid loss | steps | params | train tok/s | '
       f'peak memory MiB ({memory_kind}) | decode tok/s | wall s/point |\n'
-      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+      + '|---' * 16 + '|\n'
   )
   lines = []
   for r in rows:
@@ -228,6 +244,7 @@ def _markdown_table(rows: list[dict], baseline: str, memory_kind: str) -> str:
     lines.append(
         f'| {r["variant"]} | {r["finished"]}/{r["points"]} '
         f'| {_fmt(r["test_bleu_mean"])} ± {_fmt(r["test_bleu_std"])} '
+        f'| {_fmt(r["test_chrf_mean"])} ± {_fmt(r["test_chrf_std"])} '
         f'| {delta} | {p} | {seeds_ci} | {seeds_p} '
         f'| {_fmt(r["gap_to_best"])} '
         f'| {_fmt(r["valid_loss"], 3)} | {_fmt_int(r["steps"])} '
@@ -292,6 +309,17 @@ def _test_sentences_text(records: list[PointRecord],
   if limit == 0:
     return f'{count:,} (the whole test split)'
   return f'{count:,}'
+
+
+def _signature_text(records: list[PointRecord], key: str) -> str:
+  done = [r for r in records if r.status == runner.DONE]
+  signatures = _signatures(done, key)
+  if not signatures:
+    return 'missing (results written before signatures were recorded)'
+  missing = sum(key not in r.results for r in done)
+  return (f'`{signatures}`'
+          + (f' (missing for {missing} of {len(done)} finished points)'
+             if missing else ''))
 
 
 def write_report(workdir: str, num_samples: int = 1000) -> str:
@@ -373,16 +401,20 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
       f'- Baseline: `{baseline}`.',
       f'- Test sentences scored: '
       f'{_test_sentences_text(records, base_config)}.',
+      f'- sacrebleu signatures: BLEU '
+      f'{_signature_text(records, "test_bleu_signature")}; chrF '
+      f'{_signature_text(records, "test_chrf_signature")}.',
       '',
       '## Results',
       '',
       _markdown_table(rows, baseline, memory_kind),
       _significance_text(rows, baseline),
       '',
-      'Test BLEU is sacrebleu\'s corpus BLEU on the test sentences scored '
-      '(above), after the tokenizer\'s normalisation of both sides '
-      '(attention_jax/decode/bleu.py); mean ± sample standard deviation over '
-      'the finished seeds. Δ is the variant\'s '
+      'Test BLEU and chrF are sacrebleu\'s corpus BLEU and chrF (chrF2) on '
+      'the test sentences scored (above), after the tokenizer\'s '
+      'normalisation of both sides (attention_jax/decode/bleu.py; '
+      'signatures above); mean ± sample standard deviation over the '
+      'finished seeds. Δ is the variant\'s '
       'mean BLEU minus the baseline\'s; its 95% interval (2.5th to 97.5th '
       f'percentile) and p-value come from {num_samples} paired bootstrap '
       'resamples of the test sentences, each resample scoring every seed of '

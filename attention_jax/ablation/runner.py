@@ -7,6 +7,8 @@ Layout of a study workdir:
       log.txt                     the point's output (appended per attempt)
       attempts.jsonl              wall time and outcome of each attempt
       error.json                  why the last attempt failed, if it did
+      events.out.tfevents.*       its hyper-parameters and final scores for
+                                  TensorBoard's HPARAMS tab (hparams.py)
   report.md, results.csv, summary.csv, *.png   (attention_jax.ablation.report)
 
 A point with a readable results.json is finished and skipped (an empty or
@@ -17,7 +19,8 @@ goes on. SIGTERM or Ctrl-C (SIGINT) stops the point in progress at a
 checkpoint and ends the study, the point recorded as interrupted, not
 failed; rerunning the same command continues. With reuse_from, a point whose
 exact config another study has finished is copied from there (reused.json
-says from where) instead of trained again.
+says from where) instead of trained again. Each point start logs how many
+points are done and an ETA at the pace of those measured.
 """
 
 import glob
@@ -34,7 +37,9 @@ import traceback
 from absl import logging
 import ml_collections
 
+from attention_jax import progress
 from attention_jax import run_records
+from attention_jax.ablation import hparams
 from attention_jax.ablation import study as study_lib
 from attention_jax.train import workdir_lock
 
@@ -61,6 +66,12 @@ def read_results(path: str) -> dict:
       'The point is not finished: rerunning the study trains it again '
       '(resuming from its checkpoint).',
   )
+
+
+def wall_seconds(path: str) -> float:
+  """Seconds of all recorded attempts of the point whose workdir is `path`."""
+  return sum(r.get('seconds', 0.0) for r in
+             run_records.read_jsonl(os.path.join(path, 'attempts.jsonl')))
 
 
 def status(path: str) -> str:
@@ -313,6 +324,23 @@ def run_study(study: study_lib.Study, workdir: str, config_args: list[str],
     return _run_points(study, workdir, config_args, equal_time, reuse_from)
 
 
+def _write_hparams(path: str, point: study_lib.Point) -> None:
+  hparams.write(path, point, read_results(path), wall_seconds(path))
+
+
+def _progress(study: study_lib.Study, workdir: str) -> str:
+  """Points done of all, and the time the rest take at the measured pace."""
+  done = [path for path in (point_dir(workdir, p) for p in study.points)
+          if status(path) == DONE]
+  # Points done without a recorded attempt (copied by hand) have no pace.
+  measured = [s for s in map(wall_seconds, done) if s > 0]
+  remaining = len(study.points) - len(done)
+  eta = progress.eta_seconds(len(measured), len(measured) + remaining,
+                             sum(measured))
+  return (f'{len(done)} of {len(study.points)} points done; ETA '
+          f'{progress.format_seconds(eta)}')
+
+
 def _run_points(study, workdir, config_args, equal_time, reuse_from) -> bool:
   """`run_study`, with the workdir locked."""
   write_manifest(study, workdir, config_args, equal_time)
@@ -326,6 +354,8 @@ def _run_points(study, workdir, config_args, equal_time, reuse_from) -> bool:
       where = f'[{index}/{len(study.points)}] {point.name}'
       if state == DONE:
         logging.info('%s: finished earlier, skipped.', where)
+        # Also gives points finished elsewhere (--point) their session.
+        _write_hparams(path, point)
         continue
       if os.path.exists(os.path.join(path, 'results.json')):
         logging.warning('%s: its results.json is damaged; training it again.',
@@ -335,13 +365,15 @@ def _run_points(study, workdir, config_args, equal_time, reuse_from) -> bool:
       ) if reuse_from and state == PENDING else None
       if twin is not None:
         adopt(twin, path)
+        _write_hparams(path, point)
         logging.info('%s: the same config finished in %s; reused.', where,
                      twin)
         continue
       logging.info(
-          '%s: %s (log: %s).', where,
+          '%s: %s (log: %s); %s.', where,
           {FAILED: 'failed before, retrying', INTERRUPTED: 'resuming',
            PENDING: 'starting'}[state], os.path.join(path, 'log.txt'),
+          _progress(study, workdir),
       )
       os.makedirs(path, exist_ok=True)
       command = [sys.executable, LAUNCH,
@@ -357,6 +389,7 @@ def _run_points(study, workdir, config_args, equal_time, reuse_from) -> bool:
       seconds = time.time() - start
       state = status(path)
       if state == DONE:
+        _write_hparams(path, point)
         bleu = read_results(path)['test_bleu']
         logging.info('%s: done in %.0f s, test BLEU %.2f.', where, seconds,
                      bleu)

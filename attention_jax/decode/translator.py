@@ -1,5 +1,6 @@
 """Beam-search translation of token batches with a trained Transformer."""
 
+import time
 from typing import Sequence
 
 from absl import logging
@@ -11,6 +12,7 @@ import ml_collections
 import numpy as np
 import sentencepiece as spm
 
+from attention_jax import progress
 from attention_jax import sharding
 from attention_jax.data import batches
 from attention_jax.data import tokenizer
@@ -61,6 +63,11 @@ def predict(
   return sequences[:, 0]
 
 
+# How often `Translator.translate` logs its progress: a test split decodes
+# silently for many minutes otherwise.
+PROGRESS_EVERY_SECONDS = 30.0
+
+
 def ids_to_text(sp: spm.SentencePieceProcessor, ids: np.ndarray) -> str:
   """Detokenises ids up to (not including) the first EOS."""
   ids = [int(i) for i in ids]
@@ -93,6 +100,10 @@ class Translator:
     without reaching the model. A source longer than the model's max_len
     tokens (EOS included) is cut to its first max_len - 1 tokens and EOS; a
     warning counts them (see `count_truncated`).
+
+    Process 0 logs sentences done and an ETA at most every
+    PROGRESS_EVERY_SECONDS. The ETA goes by source tokens, since batches run
+    shortest first and a long sentence takes longer to translate.
     """
     outputs = [''] * len(sentences)
     kept = [i for i, sentence in enumerate(sentences) if sentence.strip()]
@@ -107,6 +118,9 @@ class Translator:
           truncated, len(sentences), self._max_len, self._max_len - 1,
       )
     rows = sharding.process_rows(self._mesh, self._batch_size)
+    lengths = [min(len(ids), self._max_len) for ids in sources]
+    start = last_report = time.perf_counter()
+    sentences_done = tokens_done = 0
     for indices, tokens in batches.source_batches(
         sources, self._batch_size, self._max_len
     ):
@@ -115,6 +129,19 @@ class Translator:
       best = np.asarray(self._predict(params, inputs))
       for row, index in enumerate(indices):
         outputs[kept[index]] = ids_to_text(sp, best[row])
+      sentences_done += len(indices)
+      tokens_done += sum(lengths[i] for i in indices)
+      # Timed once the batch is on the host: no device wait of its own.
+      now = time.perf_counter()
+      if (now - last_report >= PROGRESS_EVERY_SECONDS
+          and sentences_done < len(sources) and jax.process_index() == 0):
+        last_report = now
+        logging.info(
+            'Translated %d of %d sentences in %s; ETA %s.', sentences_done,
+            len(sources), progress.format_seconds(now - start),
+            progress.format_seconds(progress.eta_seconds(
+                tokens_done, sum(lengths), now - start)),
+        )
     return outputs
 
   def count_truncated(self, sp: spm.SentencePieceProcessor,

@@ -1,4 +1,4 @@
-"""Validation loss and BLEU of a set of parameters."""
+"""Validation loss, BLEU and chrF of a set of parameters."""
 
 import math
 from typing import Callable, Sequence
@@ -39,7 +39,7 @@ def translate_and_score(
     params,
     sp: spm.SentencePieceProcessor,
     pairs: Sequence[tuple[str, str]],
-) -> tuple[float, list[str]]:
-  """(corpus BLEU, hypotheses) for (source, reference) pairs."""
+) -> tuple[bleu.Scores, list[str]]:
+  """(corpus BLEU and chrF, hypotheses) for (source, reference) pairs."""
   hypotheses = translator.translate(params, sp, [s for s, _ in pairs])
-  return bleu.corpus_bleu(hypotheses, [t for _, t in pairs]), hypotheses
+  return bleu.corpus_scores(hypotheses, [t for _, t in pairs]), hypotheses

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from attention_jax import distributed
+from attention_jax import progress
 from attention_jax import run_records
 from attention_jax import sharding
 from attention_jax.data import batches
@@ -36,11 +37,6 @@ from attention_jax.train.metrics_writer import MetricsWriter
 
 class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss."""
-
-
-def _format_seconds(seconds: float) -> str:
-  seconds = int(seconds)
-  return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
 def _check_finite(step: int, metrics, checkpointer: Checkpointer) -> dict:
@@ -222,7 +218,7 @@ def _train_and_evaluate(
             scalars['train/learning_rate'],
             scalars['train/target_tokens_per_sec'],
             f'{100 * scalars["train/mfu"]:.1f}%' if step_flops else 'n/a',
-            _format_seconds(max(0.0, min(
+            progress.format_seconds(max(0.0, min(
                 step_time * (config.num_train_steps - step),
                 time_limit - train_seconds,
             ))),
@@ -236,16 +232,18 @@ def _train_and_evaluate(
         scores = evaluate.eval_loss(eval_fn, state.params, valid_batches, mesh)
         scalars = {f'valid/{k}': v for k, v in scores.items()}
         if config.eval.valid_bleu:
-          scalars['valid/bleu'], _ = evaluate.translate_and_score(
+          valid_scores, _ = evaluate.translate_and_score(
               translator, state.params, sp, bleu_pairs
           )
+          scalars['valid/bleu'] = valid_scores.bleu
+          scalars['valid/chrf'] = valid_scores.chrf
         writer.write(step, {**scalars, 'train/seconds': train_seconds})
         logging.info(
             'step %d | valid loss %.3f | %s | trained %s', step,
             scores['loss'],
             f'valid BLEU ({len(bleu_pairs)} sentences) '
             f'{scalars["valid/bleu"]:.2f}' if config.eval.valid_bleu
-            else 'valid BLEU off', _format_seconds(train_seconds),
+            else 'valid BLEU off', progress.format_seconds(train_seconds),
         )
         # Evaluation time is not training time.
         interval_start += time.perf_counter() - eval_start
@@ -303,13 +301,17 @@ def _train_and_evaluate(
   if is_chief:
     run_records.write_json(os.path.join(workdir, 'results.json'), results)
   writer.write(step, {
-      k: results[k] for k in ('test_bleu', 'valid_bleu') if k in results
+      k: results[k]
+      for k in ('test_bleu', 'valid_bleu', 'test_chrf', 'valid_chrf')
+      if k in results
   })
   writer.close()
   checkpointer.close()
   logging.info(
-      'Done: test BLEU %.2f, valid loss %.3f after %d steps.',
-      results['test_bleu'], results['eval_loss'], step,
+      'Done: test BLEU %.2f, chrF %.2f, valid loss %.3f after %d steps '
+      '(BLEU %s; chrF %s).',
+      results['test_bleu'], results['test_chrf'], results['eval_loss'], step,
+      results['test_bleu_signature'], results['test_chrf_signature'],
   )
   return results
 
@@ -327,13 +329,17 @@ def _final_evaluation(config, workdir, params, data, translator, eval_fn,
     splits.insert(0, ('valid', data.valid_text[:limit]))
   for split, pairs in splits:
     start = time.perf_counter()
-    score, hypotheses = evaluate.translate_and_score(
+    scores, hypotheses = evaluate.translate_and_score(
         translator, params, data.tokenizer, pairs
     )
     seconds = time.perf_counter() - start
     # Pieces of the detokenised output: the decoded tokens, less EOS.
     pieces = sum(len(ids) for ids in data.tokenizer.encode(hypotheses))
-    results[f'{split}_bleu'] = score
+    results[f'{split}_bleu'] = scores.bleu
+    results[f'{split}_chrf'] = scores.chrf
+    # sacrebleu's signatures: how the scores were computed, as papers quote.
+    results[f'{split}_bleu_signature'] = scores.bleu_signature
+    results[f'{split}_chrf_signature'] = scores.chrf_signature
     results[f'{split}_decode_seconds'] = seconds
     results[f'{split}_decode_tokens_per_sec'] = pieces / seconds
     # Sources cut to the model's max_len before decoding (see Translator).
