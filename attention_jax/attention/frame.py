@@ -317,9 +317,10 @@ class MultiHeadAttention(nn.Module):
     sink = self._sink_logit()
     capture = None
     # Only a caller that asks for the weights (mutable 'intermediates')
-    # traces their capture; training and decoding trace nothing more.
-    if caps.inspectable_weights and self.is_mutable_collection(
-        'intermediates'):
+    # traces their capture; training, decoding and `init` (even one told
+    # that every collection is mutable) trace nothing more.
+    if (caps.inspectable_weights and not self.is_initializing()
+        and self.is_mutable_collection('intermediates')):
       capture = functools.partial(self.sow, 'intermediates',
                                   'attention_weights')
     inputs = base.AttentionInputs(
