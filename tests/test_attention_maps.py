@@ -26,6 +26,7 @@ from attention_jax.maps import split_stats
 from attention_jax.maps import summaries
 from attention_jax.train import trainer
 import smoke_runs
+import test_ablation as ablation_tests
 import test_attention_contract as contract
 import tiny_corpus
 
@@ -112,15 +113,17 @@ def _frame_call(name, **kwargs):
   seg = jnp.array([[1, 1, 1, 1, 0]], jnp.int32)
   x = contract._normal(0, (1, 5, contract.WIDTH))
   rngs = {'dropout': jax.random.key(2)}
-  params = layer.init({'params': jax.random.key(1), **rngs}, x, x, seg,
-                      seg)['params']
-  return layer.apply({'params': params}, x, x, seg, seg, rngs=rngs, **kwargs)
+  variables = layer.init({'params': jax.random.key(1), **rngs}, x, x, seg,
+                         seg, mutable=True)
+  assert set(variables) == {'params'}, 'init sows nothing'
+  return layer.apply(variables, x, x, seg, seg, rngs=rngs, **kwargs)
 
 
 @pytest.mark.parametrize('name', INSPECTABLE)
 def test_training_never_traces_the_capture(name, monkeypatch):
-  """Without a mutable 'intermediates' the frame never sows (so training
-  computes nothing more); with it, exactly one [B, H, Q, K] map."""
+  """Without a mutable 'intermediates' (training; `init`, even with every
+  collection mutable) the frame never sows, so nothing more is traced; with
+  it, exactly one [B, H, Q, K] map."""
   _, state = _frame_call(name, mutable=['intermediates'])
   (weights,) = state['intermediates']['attention_weights']
   assert weights.shape == (1, contract.HEADS, 5, 5)
@@ -240,3 +243,37 @@ def test_rows_without_weights_are_left_out_and_magnitudes_are_compared():
   assert stats['entropy_nats'][0, 1] == pytest.approx(np.log(2))
   (row,) = summaries.head_summaries([{'decoder/layer_0/self': weights}])
   assert row['queries'] == 1 and row['last_key_share'] == 0.5
+
+
+def test_study_report_has_a_table_and_a_plot_per_variant(tmp_path):
+  """Points holding attention_stats/test.json show in report.md; a layer
+  without weights says so."""
+  study = ablation_tests.study_lib.load(ablation_tests._write_study(
+      tmp_path, "study.grid({'attention': ('model.attention', "
+      "('softmax', 'linear'))}, seeds=(0,))"))
+  workdir = str(tmp_path / 'study')
+  runner = ablation_tests.runner
+  runner.write_manifest(study, workdir, [], 0)
+  uniform = {'encoder/layer_0/self': np.full((2, 3, 3), 1 / 3),
+             'decoder/layer_0/cross': np.full((2, 4, 3), 1 / 3)}
+  for variant, without in (('softmax', {}),
+                           ('linear', {'decoder/layer_0/self': 'linear'})):
+    point = study.point(f'attention={variant}/seed=0')
+    path = runner.point_dir(workdir, point)
+    config = runner.budgeted_config(study, point, 0)
+    ablation_tests._finish_scored_point(path, config, ['a b'], ['a b'])
+    os.makedirs(os.path.join(path, 'attention_stats'))
+    split_stats.write_stats(
+        os.path.join(path, 'attention_stats', 'test'),
+        summaries.head_summaries([uniform]),
+        {name: variant for name in uniform}, without, 1)
+  text = ablation_tests.report.write_report(workdir, num_samples=10)
+  assert '## Attention heads' in text
+  row = next(line for line in text.splitlines() if line.startswith(
+      '| attention=softmax | encoder/layer_0/self |'))
+  assert f'| {np.log(3):.2f} |' in row
+  assert ('| attention=linear | decoder/layer_0/self | linear | 1 | '
+          'no weights |') in text
+  for variant in ('softmax', 'linear'):
+    assert os.path.getsize(os.path.join(
+        workdir, f'attention_heads_attention-{variant}.png')) > 0
