@@ -1,8 +1,10 @@
-"""Trains a translation model, runs a study, or translates stdin.
+"""Trains a model, runs a study, translates stdin, or looks inside attention.
 
   python launch.py --config=experiments/configs/bible.py --workdir=DIR
   python launch.py --config=experiments/ablations/attention.py --workdir=DIR
   python launch.py --mode=translate --workdir=DIR < spanish.txt
+  python launch.py --mode=attend --workdir=DIR < spanish.txt
+  python launch.py --mode=attention_stats --workdir=DIR --stats_split=test
 
 A config with a `sweep()` is a study: see attention_jax/ablation/cli.py.
 `kill -USR1 PID` prints every thread's Python stack to the log (for a run
@@ -24,16 +26,19 @@ import attention_jax
 from attention_jax import distributed
 from attention_jax import translate
 from attention_jax.ablation import cli as study_cli
+from attention_jax.maps import cli as maps_cli
 from attention_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.', required=True)
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'translate', 'report'],
+    'mode', 'train',
+    ['train', 'translate', 'report', 'attend', 'attention_stats'],
     'train: train the config (every point, for a study); translate: '
     'translate stdin with the model in --workdir; report: write the report '
-    'of the study in --workdir.',
+    'of the study in --workdir; attend: attention maps of stdin\'s '
+    'sentences; attention_stats: per-head attention summaries of a split.',
 )
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None,
@@ -43,6 +48,7 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Process count.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index.')
 flags.adopt_module_key_flags(study_cli)
+flags.adopt_module_key_flags(maps_cli)
 
 _OWN_CODE = os.path.dirname(os.path.abspath(attention_jax.__file__)) + os.sep
 # Python deletes __file__ when the script ends; exit handlers still log.
@@ -72,6 +78,10 @@ def main(argv):
                jax.device_count())
   if _MODE.value == 'translate':
     translate.translate_stdin(_WORKDIR.value)
+  elif _MODE.value == 'attend':
+    maps_cli.attend_stdin(_WORKDIR.value)
+  elif _MODE.value == 'attention_stats':
+    maps_cli.stats(_WORKDIR.value)
   elif _CONFIG.value is None:
     raise app.UsageError('--config is required for --mode=train.')
   elif study is not None:

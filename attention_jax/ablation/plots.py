@@ -15,7 +15,7 @@ _ATTENTION_FIELDS = ('attention', 'encoder_self_attention',
                      'decoder_self_attention', 'cross_attention')
 
 
-def _pyplot():
+def pyplot():
   """matplotlib's pyplot on the file-only backend, imported when first used."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -40,7 +40,7 @@ def mechanisms(entries: list[dict], base_config: dict) -> list[str]:
 
 def valid_loss(path: str, records) -> bool:
   """Validation loss against steps per variant, of report.PointRecords."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   plotted = False
   for variant in dict.fromkeys(r.variant for r in records):
@@ -71,7 +71,7 @@ def valid_loss(path: str, records) -> bool:
 
 def bleu(path: str, rows: list[dict], baseline: str) -> bool:
   """Mean test BLEU per variant with a standard-deviation bar."""
-  plt = _pyplot()
+  plt = pyplot()
   rows = [r for r in rows if not math.isnan(r['test_bleu_mean'])]
   if not rows:
     return False
@@ -107,7 +107,7 @@ def attention_benchmark(path: str, mechanisms: list[str]) -> str | None:
           and r['mode'] == 'forward_backward']
   if not rows:
     return None
-  plt = _pyplot()
+  plt = pyplot()
   fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
   for mechanism in mechanisms:
     points = sorted((r['length'], r['seconds'], r['memory_mb'])

@@ -20,6 +20,7 @@ from absl import logging
 import numpy as np
 
 from attention_jax import run_records
+from attention_jax.ablation import attention_heads
 from attention_jax.ablation import plots
 from attention_jax.ablation import runner
 from attention_jax.ablation import significance
@@ -370,6 +371,12 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
         'sequence length', 'attention_benchmark.png',
     ))
 
+  head_lines, head_figures = attention_heads.section(workdir, [
+      (r.variant, runner.point_dir(workdir, study_lib.Point(
+          e['variant'], e['seed'], e['overrides'])))
+      for r, e in zip(records, manifest['points']) if r.status == runner.DONE])
+  figures += head_figures
+
   budget = manifest['budget']
   budget_text = (
       f'equal training steps ({budget["train_steps"]:,} per point)'
@@ -435,6 +442,7 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
   if manifest.get('reference'):
     lines += ['## Published finding, for comparison', '',
               manifest['reference'], '']
+  lines += head_lines
   failed = [r for r in records if r.status == runner.FAILED]
   unfinished = [r for r in records
                 if r.status in (runner.PENDING, runner.INTERRUPTED)]

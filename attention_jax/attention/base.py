@@ -89,6 +89,11 @@ class Capabilities:
       `config.model.implementation`.
     attention_weights: forms explicit attention weights (normalised or not,
       as sigmoid attention's), so attention dropout applies to them.
+    inspectable_weights: hands its whole weight matrix to
+      `AttentionInputs.capture_weights` when that is set, so that the frame
+      sows it for inspection (see `reference_weights`); needs
+      `attention_weights`. False where the matrix never exists (the
+      kernelised and recurrent forms), which then have no attention maps.
     projections: the per-head input projections the frame creates for it
       ('query', 'key', 'value'); the output projection 'out' is always there.
     qk_norm: takes the model's `qk_norm` on its projected queries and keys
@@ -106,9 +111,15 @@ class Capabilities:
   position_schemes: frozenset[str] = frozenset({'rope'})
   fused_kernels: tuple[str, ...] = ()
   attention_weights: bool = True
+  inspectable_weights: bool = True
   projections: tuple[str, ...] = ('query', 'key', 'value')
   qk_norm: bool = True
   sink: bool = False
+
+  def __post_init__(self):
+    if self.inspectable_weights and not self.attention_weights:
+      raise ValueError('inspectable_weights needs attention_weights: a '
+                       'mechanism that forms no weights has none to show.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +171,12 @@ class AttentionInputs:
     inputs_kv_BxKxE: the key-side inputs (None in decoding, where only the
       cache is left), for references that recompute `key_extras` from the
       paper's equations.
+    capture_weights: None, or a callable that a mechanism with
+      `inspectable_weights` calls once with its whole weight matrix, float32
+      [B, H, Q, K] before dropout (zero where a query may not see a key,
+      except at padding queries, whose rows are unread). The frame sets it
+      only when the 'intermediates' collection is mutable, so training
+      traces none of it.
   """
 
   inputs_q_BxQxE: jax.Array
@@ -180,6 +197,7 @@ class AttentionInputs:
       lambda x, positions: x)
   sink_logit_H: jax.Array | None = None
   inputs_kv_BxKxE: jax.Array | None = None
+  capture_weights: Callable[[jax.Array], Any] | None = None
 
 
 def reference_mask(inputs: AttentionInputs):
@@ -293,6 +311,18 @@ class Mechanism:
       inputs: as for `attend`, without dropout.
       path: the frame's module path, for mechanisms whose fixed random
         features depend on the layer.
+    """
+    raise NotImplementedError
+
+  def reference_weights(self, params: dict[str, Any], inputs: AttentionInputs,
+                        path: tuple[str, ...] = ()) -> jax.Array:
+    """The weights `reference` gives the values, float32 [B, H, Q, K].
+
+    For mechanisms with `inspectable_weights`: what `attend` must pass to
+    `capture_weights` (softpick's and sigmoid's rows need not sum to one;
+    differential attention's is the difference of its two maps). Arguments
+    as for `reference`, which is written on top of it, so the contract
+    tests of `reference` check these weights too.
     """
     raise NotImplementedError
 

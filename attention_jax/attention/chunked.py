@@ -246,5 +246,9 @@ class Chunked(softmax.Softmax):
   capabilities = dataclasses.replace(softmax.FAMILY_CAPABILITIES, sink=False)
 
   def attend(self, module, inputs):
+    if inputs.capture_weights is not None:
+      # Blocks never hold a whole row of weights; inspection (deterministic)
+      # takes softmax's dense path, the same function.
+      return super().attend(module, inputs)
     return attend_in_blocks(module, inputs, self.options.chunk_size,
                             inputs.mask)

@@ -58,6 +58,7 @@ CAPABILITIES = base.Capabilities(
     decoding_state=base.DecodingState.RECURRENT,
     position_schemes=frozenset(),
     attention_weights=False,
+    inspectable_weights=False,
 )
 
 

@@ -101,7 +101,9 @@ class Differential(base.Mechanism):
     key_BxKxHxD = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads)
     value_BxKxHxD = base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads)
     mask = inputs.mask.dense()
-    maps = []
+    maps, probs = [], []
+    # The two maps are kept only for a capture, which shows their difference.
+    keep = None if inputs.capture_weights is None else probs.append
     for query_group, key_group in zip(_groups(query_BxQxHxD),
                                       _groups(key_BxKxHxD)):
       logits_BxHxQxK = softmax.dot_product_scores(
@@ -110,9 +112,12 @@ class Differential(base.Mechanism):
         logits_BxHxQxK += inputs.bias_BxHxQxK
       maps.append(softmax.softmax_weighted_sum(
           logits_BxHxQxK, value_BxKxHxD, mask, inputs.dropout,
-          inputs.sink_logit_H).astype(jnp.float32))
+          inputs.sink_logit_H, keep).astype(jnp.float32))
+    lam = self._lambda(module, head_dim)
+    if keep is not None:
+      inputs.capture_weights(probs[0] - lam * probs[1])
     # (p1 − λ p2) V, with the two weighted sums formed separately.
-    out_BxQxHxD = maps[0] - self._lambda(module, head_dim) * maps[1]
+    out_BxQxHxD = maps[0] - lam * maps[1]
     scale_D = module.param(
         'head_norm', part.init(jax.nn.initializers.ones, part.HEAD_DIM),
         (head_dim,), jnp.float32)
@@ -120,31 +125,36 @@ class Differential(base.Mechanism):
                                            _NORM_EPSILON)
     return (out_BxQxHxD * (1 - self.lambda_init)).astype(value_BxKxHxD.dtype)
 
-  def reference(self, params, inputs, path=()):
+  def reference_weights(self, params, inputs, path=()):
     del path
     query = inputs.query_BxQxHxD.astype(jnp.float32)
     num_heads, head_dim = query.shape[2:]
     key = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads).astype(
         jnp.float32)
-    value = base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads)
     half = head_dim // 2
     # Pair i is channels i and i + D/2; group 1 the even pairs, group 2 odd.
     pairs = np.arange(half)
     channels = [np.concatenate([p, p + half]) for p in (pairs[0::2],
                                                         pairs[1::2])]
     allowed = base.reference_mask(inputs)
-    attended = []
+    maps = []
     for group in channels:
       logits = jnp.einsum('bqhd,bkhd->bhqk', query[..., group],
                           key[..., group]) / np.sqrt(half)
       if inputs.bias_BxHxQxK is not None:
         logits = logits + inputs.bias_BxHxQxK
-      attended.append(softmax.reference_softmax_attention(
-          logits, value, allowed, inputs.sink_logit_H))
+      maps.append(softmax.reference_softmax_weights(logits, allowed,
+                                                    inputs.sink_logit_H))
     q1, k1, q2, k2 = (params[name] for name in _LAMBDAS)
     lam = (jnp.exp(jnp.sum(q1 * k1)) - jnp.exp(jnp.sum(q2 * k2))
            + self.lambda_init)
-    diff = attended[0] - lam * attended[1]
+    return maps[0] - lam * maps[1]
+
+  def reference(self, params, inputs, path=()):
+    num_heads = inputs.query_BxQxHxD.shape[2]
+    diff = softmax.reference_weighted_values(
+        self.reference_weights(params, inputs, path),
+        base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads))
     rms = jnp.sqrt(jnp.mean(diff ** 2, -1, keepdims=True) + _NORM_EPSILON)
     scale = params['head_norm'][None, None, None]
     return diff / rms * scale * (1 - self.lambda_init)

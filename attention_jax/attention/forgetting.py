@@ -101,11 +101,16 @@ class Forgetting(base.Mechanism):
                              query_slot_BxQ, inputs.causal)
     return softmax.softmax_weighted_sum(
         logits_BxHxQxK, value_BxKxHxD, inputs.mask.dense(), inputs.dropout,
-        inputs.sink_logit_H)
+        inputs.sink_logit_H, inputs.capture_weights)
 
   def reference(self, params, inputs, path=()):
+    _, value = softmax.reference_logits(inputs)
+    return softmax.reference_weighted_values(
+        self.reference_weights(params, inputs, path), value)
+
+  def reference_weights(self, params, inputs, path=()):
     del path
-    logits, value = softmax.reference_logits(inputs)
+    logits, _ = softmax.reference_logits(inputs)
     x = inputs.inputs_kv_BxKxE.astype(jnp.float32)
     gate = params['forget_gate']
     a_BxKxH = (jnp.einsum('bke,eh->bkh', x, gate['kernel'])
@@ -119,6 +124,5 @@ class Forgetting(base.Mechanism):
     span_QxKxL = (jnp.minimum(i, j) < l) & (l <= jnp.maximum(i, j))
     decay = jnp.sum(jnp.where(span_QxKxL[None, None],
                               log_f_BxHxK[:, :, None, None, :], 0.0), -1)
-    return softmax.reference_softmax_attention(
-        logits + decay, value, base.reference_mask(inputs),
-        inputs.sink_logit_H)
+    return softmax.reference_softmax_weights(
+        logits + decay, base.reference_mask(inputs), inputs.sink_logit_H)

@@ -5,9 +5,11 @@ projections ('query', 'key', 'value', with G = num_kv_heads key/value heads
 for grouped-query or multi-query attention; Ainslie et al., 2023), the
 output projection 'out', rotary positions and score biases of the position
 scheme (self-attention only), QK-norm, the attention sink logit, dropout on
-attention weights, and decoding: the step counter, the key/value cache (with
-the mechanism's per-key extras) or the mechanism's own recurrent state, and
-the projected encoder memory. The mechanism, looked up by name,
+attention weights and their capture for inspection (sown as
+'intermediates'/'attention_weights', [B, H, Q, K] float32, when a caller
+makes 'intermediates' mutable), and decoding: the step counter, the
+key/value cache (with the mechanism's per-key extras) or the mechanism's own
+recurrent state, and the projected encoder memory. The mechanism, looked up by name,
 supplies only `attend` (see base.py), and `finish` on its output before the
 output projection. With `num_kv_heads` equal to
 `num_heads`, parameter names and shapes match
@@ -313,6 +315,14 @@ class MultiHeadAttention(nn.Module):
       dropout = functools.partial(nn.Dropout(config.dropout_rate),
                                   deterministic=False)
     sink = self._sink_logit()
+    capture = None
+    # Only a caller that asks for the weights (mutable 'intermediates')
+    # traces their capture; training, decoding and `init` (even one told
+    # that every collection is mutable) trace nothing more.
+    if (caps.inspectable_weights and not self.is_initializing()
+        and self.is_mutable_collection('intermediates')):
+      capture = functools.partial(self.sow, 'intermediates',
+                                  'attention_weights')
     inputs = base.AttentionInputs(
         inputs_q, query, key, value, mask, bias_BxHxQxK=bias, dropout=dropout,
         dropout_rate=config.dropout_rate if dropout is not None else 0.0,
@@ -322,8 +332,10 @@ class MultiHeadAttention(nn.Module):
         key_extras=extras or {},
         rotate=self._rotation(scheme),
         sink_logit_H=sink, inputs_kv_BxKxE=inputs_kv,
+        capture_weights=capture,
     )
-    if caps.fused_kernels and sink is None:
+    # Fused kernels never form the weights a capture asks for.
+    if caps.fused_kernels and sink is None and capture is None:
       implementation = fused.resolve(
           config.implementation, query, key, has_dropout=dropout is not None,
           has_bias=bias is not None, has_segment_ids=not decoding,

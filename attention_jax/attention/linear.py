@@ -239,6 +239,7 @@ class Linear(base.Mechanism):
       score_bias=False,
       position_schemes=frozenset({'rope'}),
       attention_weights=False,
+      inspectable_weights=False,
   )
 
   # Whether `key_features` returns a log factor (see there).

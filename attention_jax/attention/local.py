@@ -64,6 +64,10 @@ class Local(softmax.Softmax):
         window_mask, window=self.options.window_size, causal=inputs.causal))
 
   def attend(self, module, inputs):
+    if inputs.capture_weights is not None:
+      # As chunked's: inspection takes softmax's dense path over the window.
+      return super().attend(
+          module, dataclasses.replace(inputs, mask=self._restrict(inputs)))
     window = self.options.window_size
     index_band = None
     if inputs.self_attention and not inputs.decoding:
@@ -76,6 +80,6 @@ class Local(softmax.Softmax):
         self._restrict(inputs), index_band,
     )
 
-  def reference(self, params, inputs, path=()):
-    return super().reference(
+  def reference_weights(self, params, inputs, path=()):
+    return super().reference_weights(
         params, dataclasses.replace(inputs, mask=self._restrict(inputs)), path)

@@ -38,6 +38,7 @@ class MeanPooling(base.Mechanism):
       score_bias=False,
       position_schemes=frozenset(),
       attention_weights=False,
+      inspectable_weights=False,
       projections=('value',),
   )
 

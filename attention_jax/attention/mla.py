@@ -153,13 +153,25 @@ class MultiHeadLatent(base.Mechanism):
       logits_BxHxQxK += inputs.bias_BxHxQxK
     out = softmax.softmax_weighted_sum(
         logits_BxHxQxK, values_BxKxHxV, inputs.mask.dense(), inputs.dropout,
-        inputs.sink_logit_H)
+        inputs.sink_logit_H, inputs.capture_weights)
     if inputs.decoding:
       out = jnp.einsum('bqhc,chd->bqhd', out, value_up_CxHxD)
     return out
 
   def reference(self, params, inputs, path=()):
     del path
+    logits, value = self._reference_logits(params, inputs)
+    return softmax.reference_softmax_attention(
+        logits, value, base.reference_mask(inputs), inputs.sink_logit_H)
+
+  def reference_weights(self, params, inputs, path=()):
+    del path
+    logits, _ = self._reference_logits(params, inputs)
+    return softmax.reference_softmax_weights(
+        logits, base.reference_mask(inputs), inputs.sink_logit_H)
+
+  def _reference_logits(self, params, inputs):
+    """Biased logits [B, H, Q, K] and values [B, K, H, D], float32."""
     x_q = inputs.inputs_q_BxQxE.astype(jnp.float32)
     x_kv = inputs.inputs_kv_BxKxE.astype(jnp.float32)
     head_dim = params['key_up'].shape[-1]
@@ -185,5 +197,4 @@ class MultiHeadLatent(base.Mechanism):
         query.shape[-1])
     if inputs.bias_BxHxQxK is not None:
       logits = logits + inputs.bias_BxHxQxK
-    return softmax.reference_softmax_attention(
-        logits, value, base.reference_mask(inputs), inputs.sink_logit_H)
+    return logits, value

@@ -68,18 +68,20 @@ class Sigmoid(base.Mechanism):
         mask_Bx1xQxK,
         jax.nn.sigmoid(logits_BxHxQxK + self._bias(mask_Bx1xQxK)), 0.0)
     return softmax.weighted_values(weights_BxHxQxK, value_BxKxHxD,
-                                   inputs.dropout)
+                                   inputs.dropout, inputs.capture_weights)
 
   def reference(self, params, inputs, path=()):
+    _, v = softmax.reference_logits(inputs)
+    return softmax.reference_weighted_values(
+        self.reference_weights(params, inputs, path), v)
+
+  def reference_weights(self, params, inputs, path=()):
     del params, path
     # x[b, h, i, j] = q_i · k_j / sqrt(d) (+ score bias).
-    x, v = softmax.reference_logits(inputs)
+    x, _ = softmax.reference_logits(inputs)
     allowed = base.reference_mask(inputs)
     b = self.options.bias
     if self.options.subtract_log_n:
       n = allowed.sum(-1, keepdims=True)
       b = b - jnp.log(jnp.where(n > 0, n, 1))
-    weights = jnp.where(allowed, 1.0 / (1.0 + jnp.exp(-(x + b))), 0.0)
-    # out_i = sum_j w_ij v_j.
-    return (weights[..., None] * jnp.transpose(v, (0, 2, 1, 3))[:, :, None]
-            ).sum(3).transpose(0, 2, 1, 3)
+    return jnp.where(allowed, 1.0 / (1.0 + jnp.exp(-(x + b))), 0.0)

@@ -54,9 +54,13 @@ def biased_logits(inputs: base.AttentionInputs):
   return logits_BxHxQxK, base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads)
 
 
-def weighted_values(weights_BxHxQxK, value_BxKxHxD, dropout=None):
+def weighted_values(weights_BxHxQxK, value_BxKxHxD, dropout=None,
+                    capture=None):
   """sum_j w_ij v_j, [B, Q, H, D] in the values' dtype, with dropout (a
-  callable or None) applied to the weights."""
+  callable or None) applied to the weights; `capture` (a callable or None)
+  is given the weights before dropout."""
+  if capture is not None:
+    capture(weights_BxHxQxK.astype(jnp.float32))
   weights_BxHxQxK = weights_BxHxQxK.astype(value_BxKxHxD.dtype)
   if dropout is not None:
     weights_BxHxQxK = dropout(weights_BxHxQxK)
@@ -78,7 +82,7 @@ def reference_logits(inputs: base.AttentionInputs):
 
 
 def softmax_weighted_sum(logits_BxHxQxK, value_BxKxHxD, mask, dropout=None,
-                         sink_logit_H=None):
+                         sink_logit_H=None, capture=None):
   """Masked softmax over keys (in float32), then the weighted sum of values.
 
   A query that may see no key at all averages every key (its logits are all
@@ -93,6 +97,8 @@ def softmax_weighted_sum(logits_BxHxQxK, value_BxKxHxD, mask, dropout=None,
     dropout: optional callable applied to the attention probabilities.
     sink_logit_H: optional float32 [H]: one more logit per head in the
       denominator, whose weight goes to no value (an attention sink).
+    capture: optional callable given the float32 probabilities before
+      dropout (`AttentionInputs.capture_weights`).
 
   Returns:
     The attended values, [B, Q, H, D], in the dtype of the values.
@@ -108,15 +114,16 @@ def softmax_weighted_sum(logits_BxHxQxK, value_BxKxHxD, mask, dropout=None,
                                     logits_BxHxQxK.shape[:3] + (1,))
     probs_BxHxQxK = jax.nn.softmax(
         jnp.concatenate([logits_BxHxQxK, sink_BxHxQx1], -1))[..., :-1]
+  if capture is not None:
+    capture(probs_BxHxQxK)
   probs_BxHxQxK = probs_BxHxQxK.astype(value_BxKxHxD.dtype)
   if dropout is not None:
     probs_BxHxQxK = dropout(probs_BxHxQxK)
   return jnp.einsum('bhqk,bkhd->bqhd', probs_BxHxQxK, value_BxKxHxD)
 
 
-def reference_softmax_attention(logits_BxHxQxK, value_BxKxHxD, allowed,
-                                sink_logit_H=None):
-  """softmax over allowed keys, then sum_j p_ij v_j, written plainly.
+def reference_softmax_weights(logits_BxHxQxK, allowed, sink_logit_H=None):
+  """softmax over allowed keys, written plainly: float32 [B, H, Q, K].
 
   With a sink logit s per head, p_ij = exp(l_ij) / (exp(s) + sum_k exp(l_ik)).
   A query that may see no key gets 0.
@@ -129,9 +136,21 @@ def reference_softmax_attention(logits_BxHxQxK, value_BxKxHxD, allowed,
   peak = jnp.maximum(peak, sink)
   weights = jnp.where(allowed, jnp.exp(logits - peak), 0.0)
   total = jnp.sum(weights, -1, keepdims=True) + jnp.exp(sink - peak)
-  weights = weights / jnp.where(total > 0, total, 1.0)
-  return jnp.einsum('bhqk,bkhd->bqhd', weights,
+  return weights / jnp.where(total > 0, total, 1.0)
+
+
+def reference_weighted_values(weights_BxHxQxK, value_BxKxHxD):
+  """out_i = sum_j w_ij v_j, float32 [B, Q, H, D], for references."""
+  return jnp.einsum('bhqk,bkhd->bqhd', weights_BxHxQxK,
                     value_BxKxHxD.astype(jnp.float32))
+
+
+def reference_softmax_attention(logits_BxHxQxK, value_BxKxHxD, allowed,
+                                sink_logit_H=None):
+  """softmax over allowed keys, then sum_j p_ij v_j, written plainly."""
+  return reference_weighted_values(
+      reference_softmax_weights(logits_BxHxQxK, allowed, sink_logit_H),
+      value_BxKxHxD)
 
 
 @registry.register('softmax')
@@ -173,9 +192,9 @@ class Softmax(base.Mechanism):
       logits_BxHxQxK += inputs.bias_BxHxQxK
     return softmax_weighted_sum(logits_BxHxQxK, value_BxKxHxD,
                                 inputs.mask.dense(), inputs.dropout,
-                                inputs.sink_logit_H)
+                                inputs.sink_logit_H, inputs.capture_weights)
 
-  def reference(self, params, inputs, path=()):
+  def reference_weights(self, params, inputs, path=()):
     del path
     num_heads = inputs.query_BxQxHxD.shape[2]
     key = base.repeat_kv_heads(inputs.key_BxKxGxD, num_heads)
@@ -184,6 +203,11 @@ class Softmax(base.Mechanism):
         key.astype(jnp.float32))
     if inputs.bias_BxHxQxK is not None:
       logits = logits + inputs.bias_BxHxQxK
-    return reference_softmax_attention(
-        logits, base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads),
-        base.reference_mask(inputs), inputs.sink_logit_H)
+    return reference_softmax_weights(logits, base.reference_mask(inputs),
+                                     inputs.sink_logit_H)
+
+  def reference(self, params, inputs, path=()):
+    num_heads = inputs.query_BxQxHxD.shape[2]
+    return reference_weighted_values(
+        self.reference_weights(params, inputs, path),
+        base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads))

@@ -83,12 +83,17 @@ class Softpick(base.Mechanism):
     weights_BxHxQxK = softpick_weights(
         logits_BxHxQxK, inputs.mask.dense(), self.options.epsilon)
     return softmax.weighted_values(weights_BxHxQxK, value_BxKxHxD,
-                                   inputs.dropout)
+                                   inputs.dropout, inputs.capture_weights)
 
   def reference(self, params, inputs, path=()):
+    _, v = softmax.reference_logits(inputs)
+    return softmax.reference_weighted_values(
+        self.reference_weights(params, inputs, path), v)
+
+  def reference_weights(self, params, inputs, path=()):
     del params, path
     # x[b, h, i, j] = q_i · k_j / sqrt(d) (+ score bias).
-    x, v = softmax.reference_logits(inputs)
+    x, _ = softmax.reference_logits(inputs)
     allowed = base.reference_mask(inputs)
     # m_i = max(0, max over the allowed keys of x_ij).
     m = jnp.max(jnp.where(allowed, x, -jnp.inf), -1, keepdims=True)
@@ -98,7 +103,4 @@ class Softpick(base.Mechanism):
                   - jnp.exp(-m), 0.0)
     numerator = jnp.where(d > 0, d, 0.0)
     denominator = jnp.abs(d).sum(-1, keepdims=True) + self.options.epsilon
-    weights = numerator / denominator
-    # out_i = sum_j w_ij v_j.
-    return (weights[..., None] * jnp.transpose(v, (0, 2, 1, 3))[:, :, None]
-            ).sum(3).transpose(0, 2, 1, 3)
+    return numerator / denominator

@@ -78,12 +78,17 @@ class StickBreaking(base.Mechanism):
     log_weights = jax.nn.log_sigmoid(logits_BxHxQxK) - nearer_BxHxQxK
     weights_BxHxQxK = jnp.where(breaks_Bx1xQxK, jnp.exp(log_weights), 0.0)
     return softmax.weighted_values(weights_BxHxQxK, value_BxKxHxD,
-                                   inputs.dropout)
+                                   inputs.dropout, inputs.capture_weights)
 
   def reference(self, params, inputs, path=()):
+    _, value = softmax.reference_logits(inputs)
+    return softmax.reference_weighted_values(
+        self.reference_weights(params, inputs, path), value)
+
+  def reference_weights(self, params, inputs, path=()):
     del params, path
     # z[b, h, i, j] = q_i · k_j / sqrt(d) (+ score bias).
-    z, value = softmax.reference_logits(inputs)
+    z, _ = softmax.reference_logits(inputs)
     beta = 1.0 / (1.0 + jnp.exp(-z))
     # key_j, key_k, query_i positions broadcast to [B, 1, Q, K(j), K(k)].
     pos_i = inputs.mask.q_positions_BxQ[:, None, :, None, None]
@@ -98,5 +103,4 @@ class StickBreaking(base.Mechanism):
       key_k = seen[:, :, :, None, :] & (pos_k < pos_i)
     between = key_k & (pos_j < pos_k)
     left = jnp.prod(jnp.where(between, 1.0 - beta[:, :, :, None, :], 1.0), -1)
-    weights = jnp.where(key_j, beta * left, 0.0)
-    return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+    return jnp.where(key_j, beta * left, 0.0)

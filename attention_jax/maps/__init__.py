@@ -1,0 +1,1 @@
+"""Attention maps: captured weights, their figures and per-head summaries."""
