@@ -334,6 +334,7 @@ def test_report_of_one_seed_a_side_resamples_no_seeds(tmp_path):
   assert cells[5] != 'n/a'  # Test sentences alone are still resampled.
   assert ('- sacrebleu signatures: BLEU missing (results written before '
           'signatures were recorded); chrF missing') in text
+  assert '- Parameters evaluated: the last checkpoint of each point.' in text
   assert {r['test_chrf'] for r in _read_csv(
       os.path.join(workdir, 'results.csv'))} == {''}
   assert 'Resampling test sentences and seeds: n/a for attention=linear' in (
@@ -349,7 +350,17 @@ def test_report_of_one_seed_a_side_resamples_no_seeds(tmp_path):
   # signatures are reported.
   finish(study.point('attention=softmax/seed=1'), baseline_output)
   finish(study.point('attention=linear/seed=1'), variant_output)
+  # This point evaluated the mean of its last two checkpoints.
+  averaged_path = os.path.join(runner.point_dir(
+      workdir, study.point('attention=linear/seed=1')), 'results.json')
+  with open(averaged_path) as f:
+    results = json.load(f)
+  with open(averaged_path, 'w') as f:
+    json.dump({**results, 'averaged_checkpoint_steps': [8, 10]}, f)
   text = report.write_report(workdir, num_samples=100)
+  assert ('- Parameters evaluated: the mean parameters of checkpoints '
+          '(attention=linear/seed=1: steps 8, 10); the last checkpoint for '
+          'the other 3.') in text
   row = next(line for line in text.splitlines()
              if line.startswith('| attention=linear |'))
   cells = [c.strip() for c in row.split('|')[1:-1]]

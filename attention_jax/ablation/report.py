@@ -323,6 +323,21 @@ def _signature_text(records: list[PointRecord], key: str) -> str:
              if missing else ''))
 
 
+def _evaluated_parameters_text(records: list[PointRecord]) -> str:
+  """Which parameters the final evaluation scored: the last checkpoint, or
+  the mean of the last k (`eval.average_checkpoints`), per finished point."""
+  done = [r for r in records if r.status == runner.DONE]
+  averaged = {r.name: r.results['averaged_checkpoint_steps'] for r in done
+              if r.results.get('averaged_checkpoint_steps')}
+  if not averaged:
+    return 'the last checkpoint of each point'
+  text = '; '.join(f'{name}: steps {", ".join(map(str, steps))}'
+                   for name, steps in averaged.items())
+  last = len(done) - len(averaged)
+  return (f'the mean parameters of checkpoints ({text})'
+          + (f'; the last checkpoint for the other {last}' if last else ''))
+
+
 def write_report(workdir: str, num_samples: int = 1000) -> str:
   """Writes the report files of the study in `workdir`; returns report.md."""
   manifest_path = os.path.join(workdir, 'study.json')
@@ -411,6 +426,7 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
       f'- sacrebleu signatures: BLEU '
       f'{_signature_text(records, "test_bleu_signature")}; chrF '
       f'{_signature_text(records, "test_chrf_signature")}.',
+      f'- Parameters evaluated: {_evaluated_parameters_text(records)}.',
       '',
       '## Results',
       '',
