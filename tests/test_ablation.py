@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import pytest
 import smoke_runs
 from tensorboardX.proto import event_pb2
@@ -19,6 +20,7 @@ from attention_jax.ablation import report
 from attention_jax.ablation import runner
 from attention_jax.ablation import study as study_lib
 from attention_jax.decode import bleu
+from attention_jax.train import config_check
 
 _STUDY = '''\
 """A tiny study for tests."""
@@ -498,7 +500,8 @@ def test_plain_config_refuses_study_flags(tmp_path):
 
 
 def test_shipped_studies_load():
-  for name in ('attention', 'heads', 'cross_attention', 'modern'):
+  for name in ('attention', 'heads', 'cross_attention', 'modern',
+               'long_context'):
     study = study_lib.load(
         os.path.join(smoke_runs.REPO, 'experiments', 'ablations', f'{name}.py')
     )
@@ -508,3 +511,19 @@ def test_shipped_studies_load():
   )
   assert heads.variants == [f'heads={h}' for h in (1, 2, 4, 8, 16)]
   assert textwrap.dedent(heads.reference).startswith('Vaswani')
+
+
+def test_long_context_study_points_check_at_every_row_length():
+  path = os.path.join(smoke_runs.REPO, 'experiments', 'ablations',
+                      'long_context.py')
+  for preset in ('1024', '2048', '4096'):
+    study = study_lib.load(f'{path}:{preset}')
+    assert study.variants == ['softmax', 'local', 'linear', 'gated_deltanet',
+                              'hybrid']
+    for point in study.points:
+      config = study.point_config(point)
+      assert config.data.max_len == int(preset)
+      # One micro-batch row per simulated device; the rest as shipped.
+      config.batch_size = config.micro_batches * jax.device_count()
+      config_check.check_config(config)
+      assert config.data.dataset == 'bible_chapters_es_en'

@@ -187,8 +187,9 @@ def test_check_dataset_refuses_unknown_names_and_languages():
   with pytest.raises(ValueError) as error:
     corpora.check_dataset(data_config)
   assert str(error.value) == (
-      "Unknown config.data.dataset='wmt14'; valid choices are: bible_es_en, "
-      'parallel_text, wmt14_translate/de-en.'
+      "Unknown config.data.dataset='wmt14'; valid choices are: "
+      'bible_chapters_es_en, bible_es_en, parallel_text, '
+      'wmt14_translate/de-en.'
   )
   data_config = wmt14_base.get_config().data
   corpora.check_dataset(data_config)

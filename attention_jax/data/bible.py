@@ -106,6 +106,24 @@ def build_splits(
   return splits
 
 
+def module_splits(
+    imp_dir: str | pathlib.Path | None = None,
+) -> dict[str, list[VersePair]]:
+  """`build_splits` of the two SWORD modules; every Bible builder's source.
+
+  Args:
+    imp_dir: read `<imp_dir>/<module>.imp` files instead of the installed
+      modules (see `sword.load_module`).
+
+  Raises:
+    sword.SwordModuleMissingError: a module or `mod2imp` is not installed.
+  """
+  return build_splits(
+      sword.load_module(SPANISH_MODULE, imp_dir),
+      sword.load_module(ENGLISH_MODULE, imp_dir),
+  )
+
+
 class BibleEsEn(tfds.core.GeneratorBasedBuilder):
   """Spanish (RV1909) - English (WEB) Bible verse pairs, split by book."""
 
@@ -144,12 +162,8 @@ class BibleEsEn(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Offline: the text comes from installed SWORD modules.
-    splits = build_splits(
-        sword.load_module(SPANISH_MODULE, self._imp_dir),
-        sword.load_module(ENGLISH_MODULE, self._imp_dir),
-    )
     return {name: self._generate_examples(pairs)
-            for name, pairs in splits.items()}
+            for name, pairs in module_splits(self._imp_dir).items()}
 
   def _generate_examples(self, pairs: list[VersePair]):
     # With shuffling disabled TFDS stores examples in the order of their
@@ -159,15 +173,24 @@ class BibleEsEn(tfds.core.GeneratorBasedBuilder):
 
 
 def prepared_source(
-    split: str, data_dir: str, imp_dir: str | pathlib.Path | None = None
+    split: str, data_dir: str, imp_dir: str | pathlib.Path | None = None,
+    builder_class: type[tfds.core.GeneratorBasedBuilder] = BibleEsEn,
 ):
-  """Prepares `bible_es_en` in data_dir if needed; returns a split's source.
+  """Prepares a Bible dataset in data_dir if needed; returns a split's source.
 
-  The source is TFDS's random-access `array_record` data source: `len()` and
-  indexing, with text features as UTF-8 `bytes`.
+  Args:
+    split: 'train', 'validation' or 'test'.
+    data_dir: the TFDS data directory.
+    imp_dir: see `module_splits`.
+    builder_class: `BibleEsEn` (verses), or another builder whose `__init__`
+      takes `imp_dir` (bible_chapters.py's chapters).
+
+  Returns:
+    TFDS's random-access `array_record` data source: `len()` and indexing,
+    with text features as UTF-8 `bytes`.
   """
-  builder = BibleEsEn(data_dir=data_dir, file_format=FILE_FORMAT,
-                      imp_dir=imp_dir)
+  builder = builder_class(data_dir=data_dir, file_format=FILE_FORMAT,
+                          imp_dir=imp_dir)
   builder.download_and_prepare(file_format=FILE_FORMAT)
   return builder.as_data_source(split)
 

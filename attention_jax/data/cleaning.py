@@ -5,7 +5,9 @@ record is counted under the first of these reasons that applies:
 
   * not two fields: a TSV line without exactly one tab.
   * empty: a side is empty or only whitespace.
-  * too long: a side has more than `char_limit(max_len)` characters.
+  * too long: a side has more than `char_limit(max_len)` characters; in a
+    corpus of joined verses (verses.py), a verse of a side has, since such
+    records are cut into windows of whole verses before they meet max_len.
   * invalid UTF-8: a side holds bytes that do not decode; readers decode with
     `errors='surrogateescape'`, which turns exactly those bytes into lone
     surrogates, code points that valid UTF-8 never yields.
@@ -45,14 +47,22 @@ def char_limit(max_len: int) -> int:
   return MAX_CHARS_PER_PIECE * max_len
 
 
-def _reason(record: Sequence[str], max_chars: int) -> str | None:
+def _longest(text: str, separator: str) -> int:
+  """Characters of the text, or of its longest verse with a separator."""
+  if not separator:
+    return len(text)
+  return max(len(verse) for verse in text.split(separator))
+
+
+def _reason(record: Sequence[str], max_chars: int,
+            separator: str) -> str | None:
   """Why `record` is skipped, or None to keep it."""
   if len(record) != 2:
     return NOT_TWO_FIELDS
   source, target = record
   if not source.strip() or not target.strip():
     return EMPTY
-  if len(source) > max_chars or len(target) > max_chars:
+  if max(_longest(source, separator), _longest(target, separator)) > max_chars:
     return TOO_LONG
   if _SUSPECT.search(source) or _SUSPECT.search(target):
     if _LONE_SURROGATE.search(source) or _LONE_SURROGATE.search(target):
@@ -62,13 +72,15 @@ def _reason(record: Sequence[str], max_chars: int) -> str | None:
 
 
 def clean(
-    records: Iterable[Sequence[str]], max_chars: int
+    records: Iterable[Sequence[str]], max_chars: int, separator: str = ''
 ) -> tuple[list[tuple[str, str]], collections.Counter[str]]:
   """Keeps the well-formed (source, target) pairs of `records`.
 
   Args:
     records: the fields of each example; a well-formed one has two.
     max_chars: the most characters a side may have (see `char_limit`).
+    separator: the verse separator of a corpus of joined verses, whose
+      verses max_chars then limits one by one; '' for sentences.
 
   Returns:
     The kept pairs in their original order, and how many records were skipped
@@ -77,7 +89,7 @@ def clean(
   kept = []
   skipped = collections.Counter()
   for record in records:
-    reason = _reason(record, max_chars)
+    reason = _reason(record, max_chars, separator)
     if reason is None:
       kept.append((record[0], record[1]))
     else:

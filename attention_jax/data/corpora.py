@@ -1,8 +1,9 @@
 """Parallel corpora selectable by `config.data.dataset`.
 
-Every corpus answers the same three questions, so the input pipeline never
+Every corpus answers the same questions, so the input pipeline never
 branches on a dataset name: is the config valid for it (`check`), what are a
-split's records (`read`), and what names its vocabulary (`vocab_key`).
+split's records (`read`), what names its vocabulary (`vocab_key`), and
+whether a record joins several verses with a separator (`verse_separator`).
 """
 
 import dataclasses
@@ -11,7 +12,9 @@ from typing import Callable, Protocol
 import ml_collections
 
 from attention_jax.data import bible
+from attention_jax.data import bible_chapters
 from attention_jax.data import parallel_text
+from attention_jax.data import verses
 from attention_jax.data import wmt14
 
 SPLITS = ('train', 'validation', 'test')
@@ -22,6 +25,10 @@ Record = tuple[str, ...]
 
 class Corpus(Protocol):
   """What every corpus provides."""
+
+  # '' for a corpus of sentences; else the separator (data/verses.py) that
+  # joins a record's verses on both sides, kept as one vocabulary piece.
+  verse_separator: str
 
   def check(self, data_config: ml_collections.ConfigDict) -> None:
     """Refuses a config this corpus cannot serve, without reading records.
@@ -47,6 +54,7 @@ class TfdsCorpus:
   languages: tuple[str, str]
   # Maps (split, data_dir) to pairs in `languages` order.
   load_pairs: Callable[[str, str], list[tuple[str, str]]]
+  verse_separator: str = ''
 
   def check(self, data_config: ml_collections.ConfigDict) -> None:
     wanted = (data_config.source, data_config.target)
@@ -72,6 +80,8 @@ class TfdsCorpus:
 class ParallelTextCorpus:
   """Files of your own (see parallel_text.py); any pair of languages."""
 
+  verse_separator = ''
+
   def check(self, data_config: ml_collections.ConfigDict) -> None:
     parallel_text.check(data_config)
 
@@ -87,6 +97,9 @@ class ParallelTextCorpus:
 
 _CORPORA: dict[str, Corpus] = {
     'bible_es_en': TfdsCorpus('bible_es_en', ('es', 'en'), bible.load_pairs),
+    'bible_chapters_es_en': TfdsCorpus(
+        'bible_chapters_es_en', ('es', 'en'), bible_chapters.load_pairs,
+        verse_separator=verses.SEPARATOR),
     wmt14.NAME: TfdsCorpus(wmt14.NAME, ('de', 'en'), wmt14.load_pairs),
     'parallel_text': ParallelTextCorpus(),
 }
@@ -130,3 +143,8 @@ def load_splits(
 def vocab_key(data_config: ml_collections.ConfigDict) -> str:
   """Names the vocabulary file of the configured corpus and languages."""
   return get(data_config).vocab_key(data_config)
+
+
+def verse_separator(data_config: ml_collections.ConfigDict) -> str:
+  """The configured corpus's verse separator; '' for a corpus of sentences."""
+  return get(data_config).verse_separator

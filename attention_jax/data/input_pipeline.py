@@ -13,19 +13,27 @@ from attention_jax.data import cleaning
 from attention_jax.data import corpora
 from attention_jax.data import data_identity
 from attention_jax.data import tokenizer
+from attention_jax.data import verse_windows
+from attention_jax.data import verses
 
 Pair = tuple[np.ndarray, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
 class TranslationData:
-  """Tokenised splits; `*_text` keep the raw sentences for BLEU."""
+  """Tokenised splits; `*_text` keep the raw sentences for BLEU.
+
+  In a corpus of joined verses (`verse_separator` set), `train` and `valid`
+  hold windows of whole verses (verse_windows.py) and `*_text` whole
+  chapters.
+  """
 
   tokenizer: spm.SentencePieceProcessor
   train: list[Pair]
   valid: list[Pair]
   valid_text: list[tuple[str, str]]
   test_text: list[tuple[str, str]]
+  verse_separator: str = ''
 
 
 def encode(sp: spm.SentencePieceProcessor, texts: list[str]) -> list[np.ndarray]:
@@ -57,9 +65,16 @@ def tokenize_pairs(
 
 
 def clean_splits(
-    records: dict[str, list[corpora.Record]], max_len: int
+    records: dict[str, list[corpora.Record]], max_len: int,
+    separator: str = '',
 ) -> dict[str, list[tuple[str, str]]]:
   """Skips corrupt pairs of every split, logging one summary line per split.
+
+  Args:
+    records: every split's records.
+    max_len: `config.data.max_len`, which bounds the characters of a side.
+    separator: the corpus's verse separator ('' for sentences): the bound
+      then applies to each verse.
 
   Raises:
     ValueError: no training pair is left.
@@ -67,7 +82,8 @@ def clean_splits(
   max_chars = cleaning.char_limit(max_len)
   splits = {}
   for split, split_records in records.items():
-    splits[split], skipped = cleaning.clean(split_records, max_chars)
+    splits[split], skipped = cleaning.clean(split_records, max_chars,
+                                            separator)
     summary = cleaning.summary(split, len(split_records), skipped, max_chars)
     logging.info(summary)
     if split == 'train' and not splits[split]:
@@ -101,34 +117,51 @@ def load(data_config: ml_collections.ConfigDict, workdir: str, *,
   workdir_vocab = data_identity.vocab_path(workdir)
   if resuming:
     data_identity.check_corpus(workdir, corpus)
+  separator = corpora.verse_separator(data_config)
   splits = clean_splits(corpora.load_splits(data_config, data_dir),
-                        data_config.max_len)
+                        data_config.max_len, separator)
   if (resuming and data_identity.read(workdir) is not None
       and os.path.exists(workdir_vocab)):
     data_identity.check_vocabulary(workdir)
     sp = spm.SentencePieceProcessor(model_file=workdir_vocab)
   else:
     sp = _prepare_vocabulary(data_config, data_dir, splits['train'], corpus,
-                             workdir, resuming)
+                             workdir, resuming, separator)
+
+  def tokenized(pairs):
+    if separator:
+      pairs = verse_windows.window_pairs(sp, pairs, data_config.max_len,
+                                         separator)
+    return tokenize_pairs(sp, pairs, data_config.max_len)
+
   return TranslationData(
       tokenizer=sp,
-      train=tokenize_pairs(sp, splits['train'], data_config.max_len),
-      valid=tokenize_pairs(sp, splits['validation'], data_config.max_len),
+      train=tokenized(splits['train']),
+      valid=tokenized(splits['validation']),
       valid_text=splits['validation'],
       test_text=splits['test'],
+      verse_separator=separator,
   )
 
 
 def _prepare_vocabulary(data_config, data_dir, train_pairs, corpus, workdir,
-                        resuming) -> spm.SentencePieceProcessor:
-  """Trains or loads the corpus's vocabulary; copies and records it."""
+                        resuming, separator) -> spm.SentencePieceProcessor:
+  """Trains or loads the corpus's vocabulary; copies and records it.
+
+  A corpus of joined verses trains on its verses one by one (a chapter is
+  longer than the trainer's longest sentence), with the separator as a
+  user-defined symbol.
+  """
   vocab_path = os.path.join(
       data_dir, 'vocab', f'{corpus}_{data_config.vocab_size}.model'
   )
+  texts = (text for pair in train_pairs for text in pair)
+  if separator:
+    texts = (verse for text in texts
+             for verse in verses.split(text, separator))
   sp = tokenizer.train_or_load(
-      (text for pair in train_pairs for text in pair),
-      data_config.vocab_size,
-      vocab_path,
+      texts, data_config.vocab_size, vocab_path,
+      user_defined_symbols=(separator,) if separator else (),
   )
   workdir_vocab = data_identity.vocab_path(workdir)
   if (not os.path.exists(workdir_vocab) or data_identity.file_sha256(

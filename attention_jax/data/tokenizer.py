@@ -2,7 +2,7 @@
 
 import os
 import tempfile
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from absl import logging
 import sentencepiece as spm
@@ -14,7 +14,8 @@ _MAX_TRAINING_SENTENCES = 4_000_000
 
 
 def train_or_load(
-    texts: Iterable[str], vocab_size: int, model_path: str
+    texts: Iterable[str], vocab_size: int, model_path: str,
+    user_defined_symbols: Sequence[str] = (),
 ) -> spm.SentencePieceProcessor:
   """Loads `model_path`, or trains a unigram model on `texts` and saves it.
 
@@ -23,6 +24,10 @@ def train_or_load(
     vocab_size: number of pieces, including padding, EOS and unknown.
     model_path: where the `.model` file lives; it is written atomically so a
       run killed while training never leaves a truncated vocabulary behind.
+    user_defined_symbols: strings kept as one piece wherever they occur (a
+      verse separator), counted in vocab_size. With none (the default) the
+      trainer gets exactly the arguments it had before this option existed,
+      so earlier vocabularies are unchanged.
 
   Returns:
     The loaded processor.
@@ -30,6 +35,8 @@ def train_or_load(
   if not os.path.exists(model_path):
     spm.set_random_generator_seed(0)
     os.makedirs(os.path.dirname(model_path) or '.', exist_ok=True)
+    symbols = ({'user_defined_symbols': list(user_defined_symbols)}
+               if user_defined_symbols else {})
     with tempfile.TemporaryDirectory(dir=os.path.dirname(model_path)) as tmp:
       prefix = os.path.join(tmp, 'spm')
       logging.info('Training a %d-piece sentencepiece model.', vocab_size)
@@ -50,6 +57,7 @@ def train_or_load(
           # Keeps the trainer deterministic and quiet.
           num_threads=1,
           minloglevel=2,
+          **symbols,
       )
       os.replace(prefix + '.model', model_path)
   return spm.SentencePieceProcessor(model_file=model_path)

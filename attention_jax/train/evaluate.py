@@ -8,7 +8,10 @@ import numpy as np
 import sentencepiece as spm
 
 from attention_jax import sharding
+from attention_jax.data import verse_windows
+from attention_jax.data import verses
 from attention_jax.decode import bleu
+from attention_jax.decode import chapter_scores
 from attention_jax.decode.translator import Translator
 
 
@@ -43,3 +46,45 @@ def translate_and_score(
   """(corpus BLEU and chrF, hypotheses) for (source, reference) pairs."""
   hypotheses = translator.translate(params, sp, [s for s, _ in pairs])
   return bleu.corpus_scores(hypotheses, [t for _, t in pairs]), hypotheses
+
+
+def translate_chapters(
+    translator: Translator,
+    params,
+    sp: spm.SentencePieceProcessor,
+    chapters: Sequence[str],
+    max_len: int,
+    separator: str,
+) -> tuple[list[str], list[str]]:
+  """Translations of chapters, each whole or window by window.
+
+  A chapter whose source fits in max_len pieces (EOS included) is translated
+  whole; a longer one is cut into windows of whole verses
+  (verse_windows.source_windows), and its windows' translations are joined
+  with the separator. All windows of all chapters are translated together,
+  so batches stay full.
+
+  Returns:
+    (one translation per chapter, the windows translated).
+  """
+  windows = [verse_windows.source_windows(sp, chapter, max_len, separator)
+             for chapter in chapters]
+  flat = [window for chapter_windows in windows for window in chapter_windows]
+  translated = iter(translator.translate(params, sp, flat))
+  return ([verses.join([next(translated) for _ in chapter_windows], separator)
+           for chapter_windows in windows], flat)
+
+
+def translate_and_score_chapters(
+    translator: Translator,
+    params,
+    sp: spm.SentencePieceProcessor,
+    pairs: Sequence[tuple[str, str]],
+    max_len: int,
+    separator: str,
+) -> tuple[chapter_scores.ChapterScores, list[str]]:
+  """(chapter and verse scores, the windows translated) of chapter pairs."""
+  hypotheses, windows = translate_chapters(
+      translator, params, sp, [s for s, _ in pairs], max_len, separator)
+  scores = chapter_scores.score(hypotheses, [t for _, t in pairs], separator)
+  return scores, windows

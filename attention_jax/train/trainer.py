@@ -329,9 +329,22 @@ def _final_evaluation(config, workdir, params, data, translator, eval_fn,
     splits.insert(0, ('valid', data.valid_text[:limit]))
   for split, pairs in splits:
     start = time.perf_counter()
-    scores, hypotheses = evaluate.translate_and_score(
-        translator, params, data.tokenizer, pairs
-    )
+    sources, references = [s for s, _ in pairs], [t for _, t in pairs]
+    verse_files = {}
+    if data.verse_separator:
+      # Chapters, window by window (chapter_scores.py): `{split}_bleu` and
+      # the files score whole chapters; verse-level scores come beside.
+      chapters, sources = evaluate.translate_and_score_chapters(
+          translator, params, data.tokenizer, pairs, config.data.max_len,
+          data.verse_separator)
+      scores, hypotheses = chapters.chapter, chapters.chapter_hypotheses
+      references = chapters.chapter_references
+      results.update(chapters.results(split))
+      verse_files = chapters.files(split)
+    else:
+      scores, hypotheses = evaluate.translate_and_score(
+          translator, params, data.tokenizer, pairs
+      )
     seconds = time.perf_counter() - start
     # Pieces of the detokenised output: the decoded tokens, less EOS.
     pieces = sum(len(ids) for ids in data.tokenizer.encode(hypotheses))
@@ -344,13 +357,16 @@ def _final_evaluation(config, workdir, params, data, translator, eval_fn,
     results[f'{split}_decode_tokens_per_sec'] = pieces / seconds
     # Sources cut to the model's max_len before decoding (see Translator).
     results[f'{split}_truncated_sources'] = translator.count_truncated(
-        data.tokenizer, [s for s, _ in pairs])
+        data.tokenizer, sources)
     if jax.process_index() == 0:
       run_records.write_text(os.path.join(out_dir, f'{split}.txt'),
                          ''.join(h + '\n' for h in hypotheses))
       # The references beside the translations, for significance tests.
       run_records.write_text(os.path.join(out_dir, f'{split}_references.txt'),
-                         ''.join(t + '\n' for _, t in pairs))
+                         ''.join(t + '\n' for t in references))
+      for name, lines in verse_files.items():
+        run_records.write_text(os.path.join(out_dir, name),
+                               ''.join(line + '\n' for line in lines))
   return results
 
 
