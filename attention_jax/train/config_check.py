@@ -88,8 +88,7 @@ RANGES: dict[str, Range] = {
     'model.emb_dim': _COUNT,
     'model.num_heads': _COUNT,
     'model.num_kv_heads': _NON_NEGATIVE_INT,
-    # 0: no encoder, for the decoder-only diagnostic tasks.
-    'model.num_encoder_layers': Range(int, 0),
+    'model.num_encoder_layers': _COUNT,
     'model.num_decoder_layers': _COUNT,
     'model.qkv_dim': _COUNT,
     'model.mlp_dim': _COUNT,
@@ -131,9 +130,12 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
   """Refuses a value of a RANGES field outside its range, naming both.
 
   A field the config lacks is skipped (configs of other experiments may have
-  fewer).
+  fewer), and so is the encoder's depth of a decoder-only task (0 there).
   """
+  decoder_only = config.get('task', 'translation') != 'translation'
   for name, valid in RANGES.items():
+    if decoder_only and name == 'model.num_encoder_layers':
+      continue
     group, _, field = name.rpartition('.')
     parent = config.get(group) if group else config
     if parent is None or field not in parent:
@@ -153,6 +155,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     corpora.check_dataset(config.data)
     places = PLACES
   else:
+    if config.model.num_encoder_layers:
+      raise ValueError(
+          f'config.task={task!r} trains a decoder-only model, but config.'
+          f'model.num_encoder_layers={config.model.num_encoder_layers}; set '
+          'it to 0.')
     tasks.get(task)
     tasks.settings(config.data)
     # A decoder-only model has causal self-attention alone.
