@@ -7,6 +7,7 @@ import pytest
 
 from attention_jax.train import run_config
 from attention_jax.train import trainer
+from attention_jax.train import translation_task
 from attention_jax.train.checkpoint import Checkpointer
 from experiments.configs import smoke
 
@@ -20,7 +21,7 @@ def no_data(monkeypatch):
   def load(*args, **kwargs):
     raise _DataLoaded()
 
-  monkeypatch.setattr(trainer.input_pipeline, 'load', load)
+  monkeypatch.setattr(translation_task.input_pipeline, 'load', load)
 
 
 def _first_run(tmp_path, config, checkpoint=True):

@@ -96,6 +96,37 @@ def bleu(path: str, rows: list[dict], baseline: str) -> bool:
   return True
 
 
+def accuracy_by(path: str, records, axis: str) -> bool:
+  """Test answer accuracy against `axis` ('length', 'pairs', 'tokens') per
+  variant, of report.PointRecords of a diagnostic study."""
+  key = f'accuracy_by_{axis}'
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  plotted = False
+  for variant in dict.fromkeys(r.variant for r in records):
+    curves = [r.results[key] for r in records
+              if r.variant == variant and key in r.results]
+    if not curves:
+      continue
+    xs = sorted(set.intersection(*(set(c) for c in curves)), key=int)
+    values = np.array([[c[x] for x in xs] for c in curves])
+    ax.errorbar([int(x) for x in xs], values.mean(0),
+                yerr=values.std(0) if len(curves) > 1 else None,
+                marker='o', capsize=3, label=f'{variant} (n={len(curves)})')
+    plotted = True
+  if plotted:
+    ax.set_xscale('log', base=2)
+    ax.set_xlabel('sequence length' if axis == 'length' else axis)
+    ax.set_ylabel('test answer accuracy')
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f'Accuracy against {axis}: mean ± std over seeds')
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return plotted
+
+
 def attention_benchmark(path: str, mechanisms: list[str]) -> str | None:
   """Time and memory of one attention call vs length; returns the setup."""
   if not os.path.exists(ATTENTION_BENCHMARK):

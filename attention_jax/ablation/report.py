@@ -126,7 +126,10 @@ def summarise(records: list[PointRecord], baseline: str,
   rows = []
   for variant in variants:
     done = [r for r in by_variant[variant] if r.status == runner.DONE]
-    bleu = [r.results['test_bleu'] for r in done]
+    # Diagnostic tasks score answer accuracy, not BLEU.
+    bleu = [r.results['test_bleu'] for r in done if 'test_bleu' in r.results]
+    accuracy = [r.results['test_accuracy'] for r in done
+                if 'test_accuracy' in r.results]
     # Results written before chrF was scored lack it.
     chrf = [r.results['test_chrf'] for r in done if 'test_chrf' in r.results]
     row = {
@@ -137,6 +140,8 @@ def summarise(records: list[PointRecord], baseline: str,
         'test_bleu_std': _std(bleu),
         'test_chrf_mean': _mean(chrf),
         'test_chrf_std': _std(chrf),
+        'test_accuracy_mean': _mean(accuracy),
+        'test_accuracy_std': _std(accuracy),
         'bleu_signature': _signatures(done, 'test_bleu_signature'),
         'chrf_signature': _signatures(done, 'test_chrf_signature'),
         'valid_loss': _mean([r.results['eval_loss'] for r in done]),
@@ -194,6 +199,7 @@ def _too_few_seeds(baseline_seeds: int, variant_seeds: int) -> str:
 
 _POINT_COLUMNS = (
     'name', 'variant', 'seed', 'status', 'test_bleu', 'test_chrf',
+    'test_accuracy', 'test_sequence_accuracy',
     'test_bleu_signature', 'test_chrf_signature', 'eval_loss', 'steps',
     'num_params', 'train_tokens_per_sec', 'peak_memory_bytes',
     'peak_memory_kind', 'test_decode_tokens_per_sec', 'train_seconds',
@@ -338,6 +344,25 @@ def _evaluated_parameters_text(records: list[PointRecord]) -> str:
           + (f'; the last checkpoint for the other {last}' if last else ''))
 
 
+def _accuracy_lines(rows: list[dict]) -> list[str]:
+  """The table of a diagnostic study's test accuracy; none elsewhere."""
+  rows = [r for r in rows if not math.isnan(r['test_accuracy_mean'])]
+  if not rows:
+    return []
+  return [
+      '| variant | seeds | test answer accuracy (mean ± std) |',
+      '|---|---|---|',
+      *(f'| {r["variant"]} | {r["finished"]}/{r["points"]} '
+        f'| {_fmt(r["test_accuracy_mean"], 3)} ± '
+        f'{_fmt(r["test_accuracy_std"], 3)} |' for r in rows),
+      '',
+      'Answer accuracy: the share of answer positions of the test sequences '
+      'predicted exactly, over every setting (attention_jax/train/'
+      'diagnostic_task.py); per setting in each point\'s results.json.',
+      '',
+  ]
+
+
 def write_report(workdir: str, num_samples: int = 1000) -> str:
   """Writes the report files of the study in `workdir`; returns report.md."""
   manifest_path = os.path.join(workdir, 'study.json')
@@ -375,6 +400,15 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
         ('Validation loss against training steps', 'valid_loss.png'))
   if plots.bleu(os.path.join(workdir, 'bleu.png'), rows, baseline):
     figures.append(('Test BLEU per variant', 'bleu.png'))
+  if plots.accuracy_by(os.path.join(workdir, 'accuracy_by_length.png'),
+                       records, 'length'):
+    figures.append(('Test answer accuracy against sequence length',
+                    'accuracy_by_length.png'))
+  for item in ('pairs', 'tokens'):
+    if plots.accuracy_by(os.path.join(workdir, f'accuracy_by_{item}.png'),
+                         records, item):
+      figures.append((f'Test answer accuracy against {item}',
+                      f'accuracy_by_{item}.png'))
   base_config = next(
       (r.results['config'] for r in records if 'config' in r.results), {}
   )
@@ -433,6 +467,7 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
       _markdown_table(rows, baseline, memory_kind),
       _significance_text(rows, baseline),
       '',
+      *_accuracy_lines(rows),
       'Test BLEU and chrF are sacrebleu\'s corpus BLEU and chrF (chrF2) on '
       'the test sentences scored (above), after the tokenizer\'s '
       'normalisation of both sides (attention_jax/decode/bleu.py; '

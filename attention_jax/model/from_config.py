@@ -115,6 +115,7 @@ def transformer_config(
   )
   return TransformerConfig(
       vocab_size=vocab_size,
-      max_len=max(config.data.max_len, config.eval.max_decode_len),
+      # Decoder-only diagnostic tasks decode nothing: no max_decode_len.
+      max_len=max(config.data.max_len, config.eval.get('max_decode_len', 0)),
       **model,
   )

@@ -95,8 +95,15 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+  """Causal self-attention, cross-attention to the encoder, MLP.
+
+  With `cross_attend=False` (a decoder-only language model) the layer has
+  no cross-attention and its encoder arguments are None.
+  """
+
   cfg: TransformerConfig
   index: int = 0
+  cross_attend: bool = True
 
   @nn.compact
   def __call__(self, y, encoded, target_segment_ids, source_segment_ids,
@@ -106,10 +113,6 @@ class DecoderLayer(nn.Module):
         cfg.attention_config('decoder_self_attention', self.index), causal=True,
         self_attention=True, name='self_attention',
     )
-    cross_attention = MultiHeadAttention(
-        cfg.attention_config('cross_attention', self.index), causal=False,
-        self_attention=False, name='cross_attention',
-    )
     y = Residual(cfg, name='self_attention_block')(
         lambda h: self_attention(
             h, h, target_segment_ids, target_segment_ids, target_positions,
@@ -117,13 +120,18 @@ class DecoderLayer(nn.Module):
         ),
         y,
     )
-    y = Residual(cfg, name='cross_attention_block')(
-        lambda h: cross_attention(
-            h, encoded, target_segment_ids, source_segment_ids,
-            target_positions, source_positions,
-        ),
-        y,
-    )
+    if self.cross_attend:
+      cross_attention = MultiHeadAttention(
+          cfg.attention_config('cross_attention', self.index), causal=False,
+          self_attention=False, name='cross_attention',
+      )
+      y = Residual(cfg, name='cross_attention_block')(
+          lambda h: cross_attention(
+              h, encoded, target_segment_ids, source_segment_ids,
+              target_positions, source_positions,
+          ),
+          y,
+      )
     return Residual(cfg, name='mlp_block')(MlpBlock(cfg, name='mlp'), y)
 
 

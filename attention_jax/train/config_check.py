@@ -17,6 +17,7 @@ from attention_jax.attention import frame
 from attention_jax.attention import fused
 from attention_jax.attention import positions
 from attention_jax.data import corpora
+from attention_jax.diagnostics import tasks
 from attention_jax.model import from_config
 from attention_jax.model.config import PLACES
 
@@ -129,9 +130,12 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
   """Refuses a value of a RANGES field outside its range, naming both.
 
   A field the config lacks is skipped (configs of other experiments may have
-  fewer).
+  fewer), and so is the encoder's depth of a decoder-only task (0 there).
   """
+  decoder_only = config.get('task', 'translation') != 'translation'
   for name, valid in RANGES.items():
+    if decoder_only and name == 'model.num_encoder_layers':
+      continue
     group, _, field = name.rpartition('.')
     parent = config.get(group) if group else config
     if parent is None or field not in parent:
@@ -146,10 +150,23 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the offending field and how to fix it."""
   check_ranges(config)
-  corpora.check_dataset(config.data)
+  task = config.get('task', 'translation')
+  if task == 'translation':
+    corpora.check_dataset(config.data)
+    places = PLACES
+  else:
+    if config.model.num_encoder_layers:
+      raise ValueError(
+          f'config.task={task!r} trains a decoder-only model, but config.'
+          f'model.num_encoder_layers={config.model.num_encoder_layers}; set '
+          'it to 0.')
+    tasks.get(task)
+    tasks.settings(config.data)
+    # A decoder-only model has causal self-attention alone.
+    places = ('decoder_self_attention',)
   model = config.model
   from_config.check_not_legacy(model, 'This config')
-  _check_attention(model)
+  _check_attention(model, places)
   for width in ('emb_dim', 'qkv_dim'):
     if model[width] % model.num_heads:
       raise ValueError(
@@ -202,7 +219,7 @@ def _check_parallelism(config: ml_collections.ConfigDict) -> None:
         f'{devices} devices of the data and fsdp axes; use a multiple of '
         f'{rows_per_slice}.'
     )
-  if config.eval.decode_batch_size % devices:
+  if config.eval.get('decode_batch_size', devices) % devices:
     raise ValueError(
         f'config.eval.decode_batch_size={config.eval.decode_batch_size} is '
         f'not divisible by the {devices} devices of the data and fsdp axes; '
@@ -214,8 +231,10 @@ def _names_where(predicate) -> str:
   return ', '.join(n for n in attention.names() if predicate(attention.get(n)))
 
 
-def _check_attention(model: ml_collections.ConfigDict) -> None:
-  """Each place's mechanism exists and can do what the place needs."""
+def _check_attention(model: ml_collections.ConfigDict,
+                     places: tuple[str, ...]) -> None:
+  """Each of the model's places' mechanisms exists and can do what the
+  place needs."""
   try:
     scheme = positions.SCHEMES.get(model.position_scheme)
   except ValueError as e:
@@ -224,7 +243,7 @@ def _check_attention(model: ml_collections.ConfigDict) -> None:
     attention.MECHANISMS.options(name, values)
   for name, values in model.position_options.items():
     positions.SCHEMES.options(name, values)
-  for place in PLACES:
+  for place in places:
     field = f'config.model.{place if model[place] else "attention"}'
     try:
       names = from_config.layer_mechanisms(model, place)

@@ -4,7 +4,8 @@ A checkpoint fixes the fields that define what its parameters mean (the
 config.model fields, except those that only change how the same function is
 computed or only regularise training; the options of the mechanisms and the
 position scheme in use, except those each mechanism declares resumable in
-its `RESUMABLE_FIELDS`; the corpus, languages and vocabulary size) and where its data stream stands (data.max_len, the length of a packed
+its `RESUMABLE_FIELDS`; the task, the corpus, languages and vocabulary size,
+a diagnostic task's lengths, item counts and queries) and where its data stream stands (data.max_len, the length of a packed
 row, and batch_size); with learned position embeddings, eval.max_decode_len
 too. Resuming it under other values would load weights into another model,
 fail on shapes, or read on in a different data order.
@@ -31,8 +32,9 @@ from attention_jax import run_records
 from attention_jax.model import from_config
 from attention_jax.model.config import PLACES
 
-_FIXED_OUTSIDE_MODEL = ('data.dataset', 'data.source', 'data.target',
-                        'data.vocab_size', 'data.max_len', 'batch_size')
+_FIXED_OUTSIDE_MODEL = ('task', 'data.dataset', 'data.source', 'data.target',
+                        'data.vocab_size', 'data.max_len', 'data.lengths',
+                        'data.num_items', 'data.num_queries', 'batch_size')
 # Model fields that only change how the same function is computed (numerics,
 # fused kernels), or only regularise training.
 _FREE_MODEL_FIELDS = ('dtype', 'implementation', 'dropout_rate',

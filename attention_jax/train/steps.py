@@ -1,7 +1,7 @@
 """Pure training and evaluation steps."""
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 from flax import struct
@@ -64,8 +64,9 @@ def _micro_batches(batch, count: int):
   )
 
 
-def _summed_loss(params, batch, rng, *, model, label_smoothing):
-  """Sum of token losses, and the sums the step's metrics are made of."""
+def summed_token_loss(params, batch, rng, *, model, label_smoothing):
+  """Sum of a translation batch's token losses, and the sums the step's
+  metrics are made of ('loss', 'nll', 'accuracy', 'target_tokens')."""
   logits = _forward(model, params, batch, rngs={'dropout': rng})
   smoothed, nll = token_losses(logits, batch['targets'], label_smoothing)
   weights = (batch['targets_segmentation'] > 0).astype(jnp.float32)
@@ -86,6 +87,7 @@ def train_step(
     model: nn.Module,
     label_smoothing: float,
     micro_batches: int = 1,
+    summed_loss: Callable = summed_token_loss,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a packed global batch.
 
@@ -100,6 +102,9 @@ def train_step(
     model: the training-mode Transformer.
     label_smoothing: mass moved from the gold token to the others.
     micro_batches: slices the batch is processed in; divides its rows.
+    summed_loss: (params, batch, rng, *, model, label_smoothing) -> (summed
+      loss, sums), as `summed_token_loss` (the default, translation) and
+      lm_steps.summed_answer_loss (the diagnostic tasks).
 
   Returns:
     The new state and scalar metrics of this step.
@@ -109,7 +114,7 @@ def train_step(
   )
   grad_fn = jax.grad(
       functools.partial(
-          _summed_loss, model=model, label_smoothing=label_smoothing
+          summed_loss, model=model, label_smoothing=label_smoothing
       ),
       has_aux=True,
   )

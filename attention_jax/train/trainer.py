@@ -15,20 +15,15 @@ from attention_jax import distributed
 from attention_jax import progress
 from attention_jax import run_records
 from attention_jax import sharding
-from attention_jax.data import batches
-from attention_jax.data import input_pipeline
-from attention_jax.decode.translator import translator_for
-from attention_jax.model import from_config
-from attention_jax.model.transformer import Transformer
 from attention_jax.train import averaging
 from attention_jax.train import config_check
-from attention_jax.train import evaluate
 from attention_jax.train import flops
 from attention_jax.train import optim
 from attention_jax.train import preemption
 from attention_jax.train import profiling
 from attention_jax.train import run_config
 from attention_jax.train import steps
+from attention_jax.train import tasks
 from attention_jax.train import train_state
 from attention_jax.train import workdir_lock
 from attention_jax.train.checkpoint import Checkpointer
@@ -85,18 +80,16 @@ def _train_and_evaluate(
   if checkpointer.latest_step() is not None:
     run_config.check_resumable(config, workdir)
   with distributed.chief_first('prepare data'):
-    data = input_pipeline.load(
-        config.data, workdir,
-        resuming=checkpointer.latest_step() is not None)
-  sp = data.tokenizer
-  cfg = from_config.transformer_config(config, sp.vocab_size())
-  train_model = Transformer(cfg)
-  eval_model = Transformer(cfg.replace(deterministic=True))
+    task = tasks.for_config(
+        config, workdir, resuming=checkpointer.latest_step() is not None)
+  cfg = task.model_config
+  train_model = task.model_class(cfg)
+  eval_model = task.model_class(cfg.replace(deterministic=True))
   tx, schedule = optim.make_optimizer(config)
   mesh = sharding.make_mesh(config.mesh)
   state, state_shardings = train_state.create(
       train_model, tx, config.seed, mesh, config.data.max_len,
-      sharding.logical_rules(config.mesh),
+      sharding.logical_rules(config.mesh), task.num_inputs,
   )
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info('Model: %s parameters, %s', f'{num_params:,}', cfg)
@@ -107,9 +100,7 @@ def _train_and_evaluate(
       dict(mesh.shape), jax.process_index(), rows.start, rows.stop,
       config.batch_size,
   )
-  stream = batches.PackedTrainStream(
-      data.train, config.batch_size, config.data.max_len, config.seed, rows
-  )
+  stream = task.train_stream(config.batch_size, rows)
   train_seconds = 0.0
   restored = checkpointer.restore_latest(state, state_shardings)
   if restored is not None:
@@ -129,21 +120,18 @@ def _train_and_evaluate(
           model=train_model,
           label_smoothing=config.label_smoothing,
           micro_batches=config.micro_batches,
+          summed_loss=task.summed_loss,
       ),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0,
   )
   eval_fn = jax.jit(
-      functools.partial(steps.eval_step, model=eval_model),
+      functools.partial(task.eval_step, model=eval_model),
       in_shardings=(state_shardings.params, batch_sharding),
       out_shardings=sharding.replicated(mesh),
   )
-  valid_batches = batches.packed_eval_batches(
-      data.valid, config.batch_size, config.data.max_len, rows
-  )
-  translator = translator_for(config, cfg, mesh)
-  bleu_pairs = data.valid_text[: config.eval.bleu_sentences or None]
+  task.prepare_eval(mesh, rows)
   writer = MetricsWriter(workdir, enabled=is_chief, start_step=int(state.step))
 
   first_batch = sharding.to_global(next(stream), mesh)
@@ -229,22 +217,10 @@ def _train_and_evaluate(
 
       if step % config.eval_every == 0 and not is_last:
         eval_start = time.perf_counter()
-        scores = evaluate.eval_loss(eval_fn, state.params, valid_batches, mesh)
-        scalars = {f'valid/{k}': v for k, v in scores.items()}
-        if config.eval.valid_bleu:
-          valid_scores, _ = evaluate.translate_and_score(
-              translator, state.params, sp, bleu_pairs
-          )
-          scalars['valid/bleu'] = valid_scores.bleu
-          scalars['valid/chrf'] = valid_scores.chrf
+        scalars, line = task.valid_scores(eval_fn, state.params,
+                                          train_seconds)
         writer.write(step, {**scalars, 'train/seconds': train_seconds})
-        logging.info(
-            'step %d | valid loss %.3f | %s | trained %s', step,
-            scores['loss'],
-            f'valid BLEU ({len(bleu_pairs)} sentences) '
-            f'{scalars["valid/bleu"]:.2f}' if config.eval.valid_bleu
-            else 'valid BLEU off', progress.format_seconds(train_seconds),
-        )
+        logging.info('step %d | %s', step, line)
         # Evaluation time is not training time.
         interval_start += time.perf_counter() - eval_start
 
@@ -284,10 +260,7 @@ def _train_and_evaluate(
         checkpointer, config.eval.average_checkpoints, state.params,
         state_shardings.params,
     )
-  results = _final_evaluation(
-      config, workdir, params, data, translator, eval_fn, valid_batches,
-      mesh,
-  )
+  results = task.final_results(eval_fn, params, workdir)
   if averaged_steps is not None:
     results['averaged_checkpoint_steps'] = averaged_steps
   results.update(
@@ -300,73 +273,10 @@ def _train_and_evaluate(
   )
   if is_chief:
     run_records.write_json(os.path.join(workdir, 'results.json'), results)
-  writer.write(step, {
-      k: results[k]
-      for k in ('test_bleu', 'valid_bleu', 'test_chrf', 'valid_chrf')
-      if k in results
-  })
+  writer.write(step, task.final_scalars(results))
   writer.close()
   checkpointer.close()
-  logging.info(
-      'Done: test BLEU %.2f, chrF %.2f, valid loss %.3f after %d steps '
-      '(BLEU %s; chrF %s).',
-      results['test_bleu'], results['test_chrf'], results['eval_loss'], step,
-      results['test_bleu_signature'], results['test_chrf_signature'],
-  )
-  return results
-
-
-def _final_evaluation(config, workdir, params, data, translator, eval_fn,
-                      valid_batches, mesh) -> dict:
-  """Full validation and test scores; translations written to the workdir."""
-  scores = evaluate.eval_loss(eval_fn, params, valid_batches, mesh)
-  results = {'eval_loss': scores['loss'], 'eval_accuracy': scores['accuracy']}
-  out_dir = os.path.join(workdir, 'translations')
-  os.makedirs(out_dir, exist_ok=True)
-  limit = config.eval.final_sentences or None
-  splits = [('test', data.test_text[:limit])]
-  if config.eval.valid_bleu:
-    splits.insert(0, ('valid', data.valid_text[:limit]))
-  for split, pairs in splits:
-    start = time.perf_counter()
-    sources, references = [s for s, _ in pairs], [t for _, t in pairs]
-    verse_files = {}
-    if data.verse_separator:
-      # Chapters, window by window (chapter_scores.py): `{split}_bleu` and
-      # the files score whole chapters; verse-level scores come beside.
-      chapters, sources = evaluate.translate_and_score_chapters(
-          translator, params, data.tokenizer, pairs, config.data.max_len,
-          data.verse_separator)
-      scores, hypotheses = chapters.chapter, chapters.chapter_hypotheses
-      references = chapters.chapter_references
-      results.update(chapters.results(split))
-      verse_files = chapters.files(split)
-    else:
-      scores, hypotheses = evaluate.translate_and_score(
-          translator, params, data.tokenizer, pairs
-      )
-    seconds = time.perf_counter() - start
-    # Pieces of the detokenised output: the decoded tokens, less EOS.
-    pieces = sum(len(ids) for ids in data.tokenizer.encode(hypotheses))
-    results[f'{split}_bleu'] = scores.bleu
-    results[f'{split}_chrf'] = scores.chrf
-    # sacrebleu's signatures: how the scores were computed, as papers quote.
-    results[f'{split}_bleu_signature'] = scores.bleu_signature
-    results[f'{split}_chrf_signature'] = scores.chrf_signature
-    results[f'{split}_decode_seconds'] = seconds
-    results[f'{split}_decode_tokens_per_sec'] = pieces / seconds
-    # Sources cut to the model's max_len before decoding (see Translator).
-    results[f'{split}_truncated_sources'] = translator.count_truncated(
-        data.tokenizer, sources)
-    if jax.process_index() == 0:
-      run_records.write_text(os.path.join(out_dir, f'{split}.txt'),
-                         ''.join(h + '\n' for h in hypotheses))
-      # The references beside the translations, for significance tests.
-      run_records.write_text(os.path.join(out_dir, f'{split}_references.txt'),
-                         ''.join(t + '\n' for t in references))
-      for name, lines in verse_files.items():
-        run_records.write_text(os.path.join(out_dir, name),
-                               ''.join(line + '\n' for line in lines))
+  logging.info('Done after %d steps: %s.', step, task.summary(results))
   return results
 
 

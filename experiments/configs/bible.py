@@ -38,6 +38,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 def _default() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # What is trained: 'translation' here; experiments/configs/mqar.py has the
+  # decoder-only diagnostic tasks.
+  config.task = 'translation'
 
   config.data = ml_collections.ConfigDict()
   # A TFDS name from attention_jax.data.corpora.
