@@ -124,6 +124,22 @@ def module_splits(
   )
 
 
+def dataset_info(builder: tfds.core.GeneratorBasedBuilder, description: str,
+                 features: tuple[str, ...]) -> tfds.core.DatasetInfo:
+  """The DatasetInfo of a builder over the two SWORD modules: text features
+  `features`, supervised ('es', 'en'), stored in the order generated."""
+  return tfds.core.DatasetInfo(
+      builder=builder,
+      description=description,
+      features=tfds.features.FeaturesDict(
+          {name: tfds.features.Text() for name in features}),
+      supervised_keys=('es', 'en'),
+      disable_shuffling=True,
+      homepage='https://www.crosswire.org/sword/',
+      license='Public domain (Reina-Valera 1909, World English Bible).',
+  )
+
+
 class BibleEsEn(tfds.core.GeneratorBasedBuilder):
   """Spanish (RV1909) - English (WEB) Bible verse pairs, split by book."""
 
@@ -146,19 +162,7 @@ class BibleEsEn(tfds.core.GeneratorBasedBuilder):
     self._imp_dir = imp_dir
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'es': tfds.features.Text(),
-            'en': tfds.features.Text(),
-            'ref': tfds.features.Text(),
-        }),
-        supervised_keys=('es', 'en'),
-        disable_shuffling=True,
-        homepage='https://www.crosswire.org/sword/',
-        license='Public domain (Reina-Valera 1909, World English Bible).',
-    )
+    return dataset_info(self, __doc__, ('es', 'en', 'ref'))
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Offline: the text comes from installed SWORD modules.

@@ -83,20 +83,7 @@ class BibleChaptersEsEn(tfds.core.GeneratorBasedBuilder):
     self._imp_dir = imp_dir
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'es': tfds.features.Text(),
-            'en': tfds.features.Text(),
-            'ref': tfds.features.Text(),
-            'verses': tfds.features.Text(),
-        }),
-        supervised_keys=('es', 'en'),
-        disable_shuffling=True,
-        homepage='https://www.crosswire.org/sword/',
-        license='Public domain (Reina-Valera 1909, World English Bible).',
-    )
+    return bible.dataset_info(self, __doc__, ('es', 'en', 'ref', 'verses'))
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Offline: the text comes from installed SWORD modules.

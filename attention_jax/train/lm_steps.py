@@ -30,16 +30,8 @@ def summed_answer_loss(params, batch, rng, *, model: nn.Module,
   """
   logits = model.apply({'params': params}, batch['inputs'],
                        rngs={'dropout': rng})
-  smoothed, nll = steps.token_losses(logits, batch['targets'], label_smoothing)
-  weights = batch['weights']
-  correct = jnp.argmax(logits, -1) == batch['targets']
-  sums = {
-      'loss': (smoothed * weights).sum(),
-      'nll': (nll * weights).sum(),
-      'accuracy': (correct * weights).sum(),
-      'target_tokens': weights.sum(),
-  }
-  return sums['loss'], sums
+  return steps.weighted_token_sums(logits, batch['targets'], batch['weights'],
+                                   label_smoothing)
 
 
 def eval_step(params, batch, *, model: nn.Module) -> dict[str, jax.Array]:

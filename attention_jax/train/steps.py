@@ -68,14 +68,23 @@ def summed_token_loss(params, batch, rng, *, model, label_smoothing):
   """Sum of a translation batch's token losses, and the sums the step's
   metrics are made of ('loss', 'nll', 'accuracy', 'target_tokens')."""
   logits = _forward(model, params, batch, rngs={'dropout': rng})
-  smoothed, nll = token_losses(logits, batch['targets'], label_smoothing)
   weights = (batch['targets_segmentation'] > 0).astype(jnp.float32)
-  correct = jnp.argmax(logits, -1) == batch['targets']
+  return weighted_token_sums(logits, batch['targets'], weights,
+                             label_smoothing)
+
+
+def weighted_token_sums(logits_BxTxV, targets_BxT, weights_BxT,
+                        label_smoothing):
+  """(summed smoothed loss, sums of 'loss', 'nll', 'accuracy' and
+  'target_tokens') over the positions weighted 1; what `train_step`'s
+  summed_loss returns. Losses in nats."""
+  smoothed, nll = token_losses(logits_BxTxV, targets_BxT, label_smoothing)
+  correct = jnp.argmax(logits_BxTxV, -1) == targets_BxT
   sums = {
-      'loss': (smoothed * weights).sum(),
-      'nll': (nll * weights).sum(),
-      'accuracy': (correct * weights).sum(),
-      'target_tokens': weights.sum(),
+      'loss': (smoothed * weights_BxT).sum(),
+      'nll': (nll * weights_BxT).sum(),
+      'accuracy': (correct * weights_BxT).sum(),
+      'target_tokens': weights_BxT.sum(),
   }
   return sums['loss'], sums
 
