@@ -118,10 +118,12 @@ class _Geometry:
 
 
 def _block_range(start, end, length: int, chunk: int):
-  """Blocks holding indices start..end (clipped to the sequence)."""
+  """[first, stop) of the blocks holding indices start..end of a sequence
+  (none when no index in that range is in the sequence)."""
   start = jnp.clip(start, 0, length)
   end = jnp.clip(end, -1, length - 1)
-  return start // chunk, jnp.maximum(end // chunk + 1, start // chunk)
+  return start // chunk, jnp.where(start > end, start // chunk,
+                                   end // chunk + 1)
 
 
 def _scores(geometry, block_mask, q_block, kv_block, q_i, k_j):
