@@ -42,6 +42,11 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
+# In a measurement process these come from the checkout on its PYTHONPATH.
+from attention_jax import attention
+from attention_jax.attention import frame
+from attention_jax.train import flops
+
 _LENGTHS = flags.DEFINE_list('lengths', ['1024', '4096', '16384'],
                              'Sequence lengths timed --repeats times.')
 _ONCE_LENGTHS = flags.DEFINE_list(
@@ -79,14 +84,11 @@ def _peak_rss_mb() -> float:
 
 
 def _child_main(length: int) -> None:
-  """Measures one length with the attention_jax found on sys.path; prints
-  one JSON line."""
+  """Measures one length; prints one JSON line."""
   # Set here rather than in a pre-exec hook: forking a process that runs
   # JAX's threads must not run Python before the exec.
   limit = int(_MEMORY_LIMIT_GB.value * 2**30)
   resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-  from attention_jax import attention  # pylint: disable=g-import-not-at-top
-  from attention_jax.attention import frame  # pylint: disable=g-import-not-at-top
 
   config = frame.AttentionConfig(
       mechanism='chunked',
@@ -167,7 +169,6 @@ def main(argv) -> None:
   if _CHILD_LENGTH.value:
     _child_main(_CHILD_LENGTH.value)
     return
-  from attention_jax.train import flops  # pylint: disable=g-import-not-at-top
   peak_gflops = flops.measure_matmul_peak() / 1e9
   print(f'Measured float32 matmul peak: {peak_gflops:.1f} GFLOP/s; '
         f"{'causal' if _CAUSAL.value else 'non-causal'}, "
