@@ -5,10 +5,16 @@ at a time, and for each query chunk the keys one chunk at a time, carrying a
 running maximum and a running sum of exponentials per query (log-sum-exp
 accumulation), so the result is ordinary softmax attention, not an
 approximation. No query-by-key array is formed at full size: each block's
-mask is computed from that block's segment ids and indices, and
-`jax.checkpoint` around the per-block and per-query-chunk functions makes the
-backward pass recompute block scores instead of storing them, so forward and
-backward memory both grow linearly with sequence length.
+mask is computed from that block's segment ids and indices.
+
+Without dropout or a score bias the blocks run in `flash_blocks`: a custom
+backward pass from FlashAttention-2 (Dao, 2023) that recomputes each block's
+probabilities from the saved log-sum-exp, and skips the key blocks a causal
+mask or local band hides. With attention dropout or a score bias (which may
+be learned and need a gradient), the block loop is differentiated by JAX,
+with `jax.checkpoint` around the per-block and per-query-chunk functions so
+the backward pass recomputes block scores instead of storing them. Either way
+forward and backward memory grow linearly with sequence length.
 """
 
 import dataclasses
@@ -18,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax.attention import base
+from attention_jax.attention import flash_blocks
 from attention_jax.attention import masks
 from attention_jax.attention import registry
 from attention_jax.attention import softmax
@@ -62,7 +69,7 @@ def _chunked(x_BxL, num: int, size: int):
 def blockwise_attention(query_BxQxHxD, key_BxKxGxD, value_BxKxGxD,
                         block_mask: BlockFn, *, chunk_size: int,
                         block_bias: BlockFn | None = None,
-                        index_band: tuple[int, int] | None = None,
+                        index_band: flash_blocks.Band | None = None,
                         dropout_rate: float = 0.0, dropout_rng=None):
   """Masked softmax attention, one (query chunk, key chunk) block at a time.
 
@@ -74,15 +81,37 @@ def blockwise_attention(query_BxQxHxD, key_BxKxGxD, value_BxKxGxD,
     chunk_size: longest query chunk and key chunk; lengths need not be
       multiples of it (they are padded internally).
     block_bias: optional float32 score bias, added before masking.
-    index_band: optional (before, after): the mask allows query i only keys
-      j with i' - before <= j <= i' + after, where i' = i + K - Q; then only
-      the key chunks overlapping that band are visited (local attention).
+    index_band: optional (before, after), either None when unbounded: the
+      mask allows query i only keys j with i' - before <= j <= i' + after,
+      where i' = i + K - Q; then only the key chunks overlapping that band
+      are visited ((None, 0): causal; local attention's window).
     dropout_rate: attention dropout rate on the probabilities.
     dropout_rng: PRNG key for that dropout.
 
   Returns:
     The attended values, [B, Q, H, D], in the dtype of the values.
   """
+  if block_bias is None and dropout_rate == 0:
+    return flash_blocks.flash_attention(
+        query_BxQxHxD, key_BxKxGxD, value_BxKxGxD, block_mask,
+        q_chunk=chunk_size, kv_chunk=chunk_size,
+        index_band=index_band or (None, None))
+  if index_band is not None and None in index_band:
+    index_band = None  # The fixed-step loop below needs a bounded band.
+  return _checkpointed_blocks(
+      query_BxQxHxD, key_BxKxGxD, value_BxKxGxD, block_mask,
+      chunk_size=chunk_size, block_bias=block_bias, index_band=index_band,
+      dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+
+
+def _checkpointed_blocks(query_BxQxHxD, key_BxKxGxD, value_BxKxGxD,
+                         block_mask: BlockFn, *, chunk_size: int,
+                         block_bias: BlockFn | None,
+                         index_band: tuple[int, int] | None,
+                         dropout_rate: float, dropout_rng):
+  """`blockwise_attention` differentiated by JAX through `jax.checkpoint`:
+  what score biases and dropout need (arguments as there, with a band of
+  finite bounds or None)."""
   batch, q_len, num_heads, depth = query_BxQxHxD.shape
   kv_len = key_BxKxGxD.shape[1]
   q_chunk, kv_chunk = min(chunk_size, q_len), min(chunk_size, kv_len)
@@ -193,8 +222,8 @@ def chunked_softmax(query_BxQxHxD, key_BxKxGxD, value_BxKxGxD,
       jnp.zeros((batch, key_BxKxGxD.shape[1]), jnp.int32), causal=causal)
   return blockwise_attention(
       query_BxQxHxD, key_BxKxGxD, value_BxKxGxD, mask.block,
-      chunk_size=chunk_size, dropout_rate=dropout_rate,
-      dropout_rng=dropout_rng,
+      chunk_size=chunk_size, index_band=(None, 0) if causal else None,
+      dropout_rate=dropout_rate, dropout_rng=dropout_rng,
   )
 
 
@@ -217,6 +246,8 @@ def attend_in_blocks(module, inputs, chunk_size: int, mask: masks.TokenMask,
   quadratic memory.
   """
   bias = inputs.bias_BxHxQxK
+  if index_band is None and mask.causal:
+    index_band = (None, 0)
   return blockwise_attention(
       inputs.query_BxQxHxD, inputs.key_BxKxGxD, inputs.value_BxKxGxD,
       mask.block, chunk_size=chunk_size,
@@ -236,7 +267,8 @@ class Chunked(softmax.Softmax):
 
   Same parameters, decoding cache and outputs (up to float rounding) as
   `softmax`. The mask stays in per-token form, so no query-by-key array is
-  formed; `jax.checkpoint` makes the backward pass recompute block scores.
+  formed; the backward pass recomputes block scores (see the module
+  docstring for which backward runs when).
   """
 
   Options = ChunkedOptions
