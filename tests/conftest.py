@@ -5,6 +5,7 @@ promotion refused, so that a silent broadcast of mismatched ranks is an error.
 import os
 import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -12,6 +13,9 @@ os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
 )
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Training records the host's matmul peak under the user's cache directory
+# (train/flops.py); tests and the runs they start keep theirs apart.
+os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='attention_jax_cache_')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position

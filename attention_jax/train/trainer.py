@@ -137,12 +137,14 @@ def _train_and_evaluate(
   first_batch = sharding.to_global(next(stream), mesh)
   train_fn = train_fn.lower(state, first_batch).compile()
   step_flops = flops.compiled_flops(train_fn)
-  peak = flops.machine_peak(flops.measure_matmul_peak())
+  measured = flops.measure_matmul_peak()
+  peak = flops.machine_peak(flops.host_matmul_peak(measured))
   logging.info(
-      'Devices: %d over %d process(es) on %s; measured matmul peak %.1f '
-      'GFLOP/s; %.2f GFLOP per training step.',
+      'Devices: %d over %d process(es) on %s; matmul peak %.1f GFLOP/s '
+      '(measured now %.1f per process, the best known for this host is '
+      'used); %.2f GFLOP per training step.',
       jax.device_count(), jax.process_count(), jax.devices()[0].platform,
-      peak / 1e9, (step_flops or 0) / 1e9,
+      peak / 1e9, measured / 1e9, (step_flops or 0) / 1e9,
   )
 
   pending = None
