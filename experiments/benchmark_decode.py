@@ -2,8 +2,9 @@
 
   python -m experiments.benchmark_decode
   python -m experiments.benchmark_decode --baseline=/path/to/other/checkout
-  python -m experiments.benchmark_decode --config=experiments/configs/bible.py \\
-    --max_sentences=256 --baseline=/path/to/other/checkout
+  python -m experiments.benchmark_decode \\
+    --config=experiments/configs/bible.py --max_sentences=256 \\
+    --baseline=/path/to/other/checkout
 
 Without --config the workload is the Flax WMT example's model (vocabulary
 8,000, width 256, 4 heads, 3+3 layers, MLP 1,024, float32) translating
@@ -27,6 +28,7 @@ shared with other work the first is the steadier measure of work done.
 """
 
 import hashlib
+import importlib.util
 import json
 import os
 import statistics
@@ -37,7 +39,19 @@ import time
 
 from absl import app
 from absl import flags
+import jax
+import jax.numpy as jnp
 import numpy as np
+import sentencepiece as spm
+
+# In a worker process these come from the checkout being timed, which
+# PYTHONPATH names.
+from attention_jax.data import batches
+from attention_jax.data import corpora
+from attention_jax.data import input_pipeline
+from attention_jax.decode import translator
+from attention_jax.model.config import TransformerConfig
+from attention_jax.model.transformer import Transformer
 
 _CONFIG = flags.DEFINE_string(
     'config', None, 'Config file whose model, eval settings and test split '
@@ -69,6 +83,7 @@ _EOS_ID = 1
 
 
 def _synthetic_workload() -> dict:
+  """Random full-length sources for the WMT example's model."""
   rng = np.random.default_rng(0)
   tokens = rng.integers(2, _VOCAB_SIZE, (_BATCH.value, _SOURCE_LEN.value),
                         dtype=np.int32)
@@ -81,11 +96,6 @@ def _synthetic_workload() -> dict:
 
 def _config_workload(path: str) -> dict:
   """The test split of a config's corpus, batched as the translator does."""
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-  from attention_jax.data import batches  # pylint: disable=g-import-not-at-top
-  from attention_jax.data import corpora  # pylint: disable=g-import-not-at-top
-  from attention_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-
   config = _load_config(path)
   data_dir = os.path.expanduser(config.data.data_dir)
   test = corpora.get(config.data).read(config.data, 'test', data_dir)
@@ -106,7 +116,7 @@ def _config_workload(path: str) -> dict:
 
 
 def _load_config(path: str):
-  import importlib.util  # pylint: disable=g-import-not-at-top
+  """`get_config` of 'file.py[:preset]', read from this process's cwd."""
   module_path, _, arg = path.partition(':')
   spec = importlib.util.spec_from_file_location('benchmarked_config',
                                                 module_path)
@@ -117,12 +127,6 @@ def _load_config(path: str):
 
 def _time_workload(workload_path: str) -> dict:
   """Translates the workload; times passes after one that compiles."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from attention_jax.decode import translator  # pylint: disable=g-import-not-at-top
-  from attention_jax.model.config import TransformerConfig  # pylint: disable=g-import-not-at-top
-  from attention_jax.model.transformer import Transformer  # pylint: disable=g-import-not-at-top
-
   with open(workload_path) as f:
     workload = json.load(f)
   token_batches = [np.asarray(b, np.int32) for b in workload['batches']]
@@ -172,8 +176,9 @@ def _run_checkout(checkout: str, workload_path: str) -> dict:
   env = dict(os.environ, PYTHONPATH=checkout)
   with tempfile.NamedTemporaryFile('r', suffix='.json') as out:
     subprocess.run(
-        [sys.executable, os.path.abspath(__file__), f'--workload={workload_path}',
-         f'--repeats={_REPEATS.value}', f'--json_out={out.name}'],
+        [sys.executable, os.path.abspath(__file__),
+         f'--workload={workload_path}', f'--repeats={_REPEATS.value}',
+         f'--json_out={out.name}'],
         cwd=checkout, env=env, check=True)
     return json.load(out)
 
@@ -222,7 +227,8 @@ def main(argv) -> None:
       _print(label, result)
     if _BASELINE.value:
       new, old = results['this'], results['baseline']
-      results['speedup_wall'] = new['tokens_per_second'] / old['tokens_per_second']
+      results['speedup_wall'] = (new['tokens_per_second'] /
+                                 old['tokens_per_second'])
       results['speedup_cpu'] = (new['tokens_per_cpu_second'] /
                                 old['tokens_per_cpu_second'])
       results['identical_translations'] = (
