@@ -160,9 +160,11 @@ def decoding_cache_bytes(variant: str) -> dict:
   def total(length: int) -> int:
     x = jax.ShapeDtypeStruct((1, length, _EMB_DIM), jnp.float32)
     ids = jax.ShapeDtypeStruct((1, length), jnp.int32)
-    cache = jax.eval_shape(
+    variables = jax.eval_shape(
         lambda x, ids: module.init(jax.random.key(0), x, x, ids, ids), x,
-        ids)['cache']
+        ids)
+    # Cross-attention keeps its projected memory in a collection of its own.
+    cache = [variables.get(name, {}) for name in ('cache', frame.MEMORY)]
     return sum(leaf.size * leaf.dtype.itemsize
                for leaf in jax.tree.leaves(cache))
 

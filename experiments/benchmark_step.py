@@ -4,6 +4,8 @@
     --config=experiments/configs/wmt14_base.py --steps=30 --json_out=/tmp/step.json
   python -m experiments.benchmark_step --config=experiments/configs/smoke.py \\
     --steps=3
+  python -m experiments.benchmark_step --config=experiments/configs/bible.py \\
+    --config.batch_size=32 --config.data.max_len=64 --baseline=/path/to/checkout
 
 The model, optimizer, sharded state and jitted step are built with the same
 calls as `attention_jax/train/trainer.py`, so the number is what training
@@ -12,10 +14,25 @@ packed like `attention_jax/data/packing.py` packs sentence pairs: each row
 several pairs with segment ids and per-pair positions, `--fill` of its slots
 used. Steps are dispatched back to back and the clock stops when the last
 one's state is ready, as in training, where the host never waits for a step.
+The process CPU time of the timed steps is reported too: on a machine shared
+with other work it is the steadier measure of the work a step does.
+
+With --baseline, this benchmark runs as it is in both checkouts (the config
+path, if relative, is read in each checkout, so each reads its own version
+of the config), in subprocesses alternating between them, --rounds times
+each; it prints the median seconds per step, the whole processes' CPU
+seconds (compilation included, which a baseline without the CPU figure
+lacks), the final losses and the ratios.
 """
 
 import functools
 import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 from absl import app
@@ -53,6 +70,12 @@ _NUM_BATCHES = flags.DEFINE_integer(
 )
 _JSON_OUT = flags.DEFINE_string(
     'json_out', None, 'Where to write the numbers as JSON.'
+)
+_BASELINE = flags.DEFINE_string(
+    'baseline', None, 'Another checkout of attention_jax to compare with.'
+)
+_ROUNDS = flags.DEFINE_integer(
+    'rounds', 3, 'Alternating runs per checkout with --baseline.'
 )
 
 _HOURS_FOR = 100_000
@@ -160,11 +183,12 @@ def measure(config) -> dict:
   for i in range(_WARMUP.value):
     state, metrics = compiled(state, device_batches[i % len(device_batches)])
   jax.block_until_ready((state, metrics))
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for i in range(_STEPS.value):
     state, metrics = compiled(state, device_batches[i % len(device_batches)])
   jax.block_until_ready((state, metrics))
   seconds_per_step = (time.perf_counter() - start) / _STEPS.value
+  cpu_seconds_per_step = (time.process_time() - cpu_start) / _STEPS.value
   loss = float(metrics['loss'])
 
   return {
@@ -180,6 +204,7 @@ def measure(config) -> dict:
       'flops_per_step': step_flops,
       'compiled_flops_per_step': flops.compiled_flops(compiled),
       'seconds_per_step': seconds_per_step,
+      'cpu_seconds_per_step': cpu_seconds_per_step,
       'target_tokens_per_second': target_tokens / seconds_per_step,
       'tflops_per_second': (
           step_flops / seconds_per_step / 1e12 if step_flops else None
@@ -193,10 +218,71 @@ def measure(config) -> dict:
   }
 
 
+def _run_checkout(checkout: str, args: list[str]) -> dict:
+  """This benchmark as `checkout` has it, in a subprocess; its numbers and
+  the CPU seconds of the whole process."""
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  with tempfile.NamedTemporaryFile('r', suffix='.json') as out:
+    subprocess.run(
+        [sys.executable, '-m', 'experiments.benchmark_step', *args,
+         f'--json_out={out.name}'],
+        cwd=checkout, env=dict(os.environ, PYTHONPATH=checkout), check=True)
+    results = json.load(out)
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  results['process_cpu_seconds'] = (after.ru_utime + after.ru_stime
+                                    - before.ru_utime - before.ru_stime)
+  return results
+
+
+def compare(args: list[str], baseline: str) -> dict:
+  """Medians of alternating runs in this checkout and `baseline`."""
+  checkouts = {
+      'this': os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      'baseline': os.path.abspath(baseline),
+  }
+  runs = {label: [] for label in checkouts}
+  for _ in range(_ROUNDS.value):
+    for label, checkout in checkouts.items():
+      runs[label].append(_run_checkout(checkout, args))
+  medians = {}
+  for label, results in runs.items():
+    medians[label] = {
+        name: statistics.median(r[name] for r in results)
+        for name in ('seconds_per_step', 'process_cpu_seconds',
+                     'cpu_seconds_per_step') if name in results[0]
+    }
+    medians[label]['final_losses'] = [r['final_loss'] for r in results]
+    medians[label]['flops_per_step'] = results[0].get('flops_per_step')
+    print(f'{label:>9}: {medians[label]["seconds_per_step"]:.4g} s/step, '
+          + (f'{medians[label]["cpu_seconds_per_step"]:.4g} CPU-s/step, '
+             if 'cpu_seconds_per_step' in medians[label] else '')
+          + f'{medians[label]["process_cpu_seconds"]:.1f} process CPU-s, '
+          f'{(medians[label]["flops_per_step"] or 0) / 1e9:.1f} GFLOP/step, '
+          f'final losses {medians[label]["final_losses"]}', flush=True)
+  new, old = medians['this'], medians['baseline']
+  medians['speedup_wall'] = old['seconds_per_step'] / new['seconds_per_step']
+  medians['speedup_process_cpu'] = (old['process_cpu_seconds'] /
+                                    new['process_cpu_seconds'])
+  medians['largest_loss_difference'] = max(
+      abs(a - b) for a, b in zip(new['final_losses'], old['final_losses']))
+  print(f'this / baseline: {medians["speedup_wall"]:.2f}x steps/s, '
+        f'{medians["speedup_process_cpu"]:.2f}x process CPU; final losses '
+        f'differ by at most {medians["largest_loss_difference"]:.2g}')
+  return medians
+
+
 def main(argv) -> None:
   del argv
   if _CONFIG.value is None:
     raise app.UsageError('--config is required.')
+  if _BASELINE.value:
+    args = [arg for arg in sys.argv[1:] if not arg.startswith(
+        ('--baseline', '--rounds', '--json_out'))]
+    results = compare(args, _BASELINE.value)
+    if _JSON_OUT.value:
+      with open(_JSON_OUT.value, 'w') as f:
+        json.dump(results, f, indent=1)
+    return
   results = measure(_CONFIG.value)
   for name, value in results.items():
     shown = value

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attention_jax.attention import frame
 from attention_jax.model.config import TransformerConfig
 from attention_jax.model.transformer import shift_right
 from attention_jax.model.transformer import Transformer
@@ -25,14 +26,15 @@ def assert_cached_decoding_equals_full_forward(cfg: TransformerConfig):
   segments = (inputs != 0).astype(jnp.int32)
   _, variables = decoder.apply(
       {'params': params}, encoded, segments, jnp.zeros_like(targets),
-      method=Transformer.decode, mutable=['cache'],
+      method=Transformer.decode, mutable=['cache', frame.MEMORY],
   )
   step_inputs, steps = shift_right(targets), []
   for t in range(targets.shape[1]):
-    logits, variables = decoder.apply(
+    logits, updated = decoder.apply(
         {'params': params, **variables}, encoded, segments,
         step_inputs[:, t : t + 1], method=Transformer.decode,
         mutable=['cache'],
     )
+    variables = {**variables, **updated}
     steps.append(logits)
   np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)

@@ -253,12 +253,13 @@ def test_cached_cross_attention_equals_full_pass(name):
   full = layer.apply({'params': params}, x, memory, q_seg, memory_seg)
   decoder = _layer(name, self_attention=False, decode=True)
   _, variables = decoder.apply({'params': params}, x, memory, q_seg,
-                               memory_seg, mutable=['cache'])
+                               memory_seg, mutable=['cache', frame.MEMORY])
   steps = []
   for t in range(x.shape[1]):
-    out, variables = decoder.apply(
+    out, updated = decoder.apply(
         {'params': params, **variables}, x[:, t:t + 1], memory,
         q_seg[:, t:t + 1], memory_seg, mutable=['cache'])
+    variables = {**variables, **updated}
     steps.append(out)
   np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
 

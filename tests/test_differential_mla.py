@@ -114,7 +114,8 @@ def test_differential_refuses_a_head_dim_not_divisible_by_4():
 
 def _decoding_cache(name, *, self_attention=True, width=512, length=16,
                     batch=2):
-  """Shapes of the layer's 'cache' collection after its creating call."""
+  """Shapes of the layer's decoding state after its creating call: the
+  'cache' collection and, in cross-attention, the MEMORY collection."""
   config = frame.AttentionConfig(
       mechanism=name, num_heads=8, head_dim=64, position_scheme='rope',
       deterministic=True, decode=True)
@@ -122,13 +123,16 @@ def _decoding_cache(name, *, self_attention=True, width=512, length=16,
                                    self_attention=self_attention)
   x = jnp.ones((batch, length, width))
   seg = jnp.ones((batch, length), jnp.int32)
-  return jax.eval_shape(layer.init, jax.random.key(0), x, x, seg,
-                        seg)['cache']
+  variables = jax.eval_shape(layer.init, jax.random.key(0), x, x, seg, seg)
+  return {name: variables[name] for name in ('cache', frame.MEMORY)
+          if name in variables}
 
 
 def _bytes_per_token(cache, batch=2, length=16):
+  # Keys and values are cached head-major, [B, G, T, D]; other entries
+  # [B, T, ...].
   per_slot = [leaf for leaf in jax.tree.leaves(cache)
-              if leaf.ndim > 1 and leaf.shape[1] == length]
+              if leaf.ndim > 1 and length in leaf.shape[1:3]]
   return sum(leaf.size * leaf.dtype.itemsize
              for leaf in per_slot) / (batch * length)
 

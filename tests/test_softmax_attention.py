@@ -123,7 +123,7 @@ def test_grouped_query_shrinks_projections_and_cache(num_kv_heads):
     decoder = _layer(causal=True, decode=True, num_kv_heads=kv_heads)
     variables = nn.unbox(decoder.init(jax.random.key(0), x, x, seg, seg))
     assert variables['params']['key']['kernel'].shape == (E, kv_heads or H, D)
-    assert variables['cache']['cached_key'].shape == (3, 6, kv_heads or H, D)
+    assert variables['cache']['cached_key'].shape == (3, kv_heads or H, 6, D)
     sizes[kv_heads] = sum(
         leaf.size for leaf in jax.tree.leaves(variables['cache'])
     )

@@ -9,7 +9,8 @@ attention weights and their capture for inspection (sown as
 'intermediates'/'attention_weights', [B, H, Q, K] float32, when a caller
 makes 'intermediates' mutable), and decoding: the step counter, the
 key/value cache (with the mechanism's per-key extras) or the mechanism's own
-recurrent state, and the projected encoder memory. The mechanism, looked up by name,
+recurrent state, and the projected encoder memory (in the MEMORY
+collection). The mechanism, looked up by name,
 supplies only `attend` (see base.py), and `finish` on its output before the
 output projection. With `num_kv_heads` equal to
 `num_heads`, parameter names and shapes match
@@ -18,8 +19,11 @@ output projection. With `num_kv_heads` equal to
 Decoding (`AttentionConfig.decode`): the first call with an empty cache sees
 the full decode length and only creates the cache (its output is zeros and
 unused); every later call consumes one token per row. Beam search reorders
-rows of every cache leaf that leads with the batch; the step counter is a
-scalar, as every row is at the same step.
+rows of every 'cache' leaf that leads with the batch; the step counter is a
+scalar, as every row is at the same step. Cross-attention's projected
+encoder memory is written by the creating call into the MEMORY collection
+and only read afterwards: it is the same for every beam of a sentence, so
+beam search carries it unchanged instead of reordering it at every step.
 """
 
 import dataclasses
@@ -43,6 +47,9 @@ DecodingState = base.DecodingState
 QK_NORMS = ('none', 'rms', 'l2')
 # The attention sink: none, a learned logit per head, or a logit fixed at 0.
 SINKS = ('none', 'learned', 'zero')
+# The variable collection of cross-attention's projected encoder memory in
+# decoding: constant after the creating call, which must make it mutable.
+MEMORY = 'memory'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +108,28 @@ class AttentionConfig:
           f'num_kv_heads={num_kv_heads} must divide num_heads={self.num_heads}.'
       )
     return num_kv_heads
+
+
+# Cache entries of the projected heads, [B, T, G, D], stored as [B, G, T, D].
+_HEAD_MAJOR = ('key', 'value')
+
+
+def _stored_shape(shape, time_axis: int):
+  """Shape of a cache entry of `shape` [B, T, ...] stored with its time
+  axis at `time_axis`."""
+  shape = list(shape)
+  shape.insert(time_axis, shape.pop(1))
+  return tuple(shape)
+
+
+def _head_major(x_BxTxGxD):
+  """[B, T, G, D] -> [B, G, T, D]; None (a projection not made) stays None."""
+  return None if x_BxTxGxD is None else jnp.swapaxes(x_BxTxGxD, 1, 2)
+
+
+def _time_major(x_BxGxTxD):
+  """The inverse of `_head_major`."""
+  return None if x_BxGxTxD is None else jnp.swapaxes(x_BxGxTxD, 1, 2)
 
 
 def _default_positions(batch: int, length: int):
@@ -388,39 +417,44 @@ class MultiHeadAttention(nn.Module):
       cache_index.value += 1
       return out
 
-    # The cache holds, per slot, everything `attend` reads of a key.
+    # The cache holds, per slot, everything `attend` reads of a key. Keys
+    # and values are stored head-major, [B, G, T, D], the layout of the
+    # attention products' operands: stored [B, T, G, D], XLA copies the
+    # whole cache into that layout at every step.
     per_key = {name: x for name, x in
                dict(key=key_step, value=value_step, **extras).items()
                if x is not None}
-    cached = {name: self.variable('cache', f'cached_{name}', jnp.zeros,
-                                  x.shape, x.dtype)
+    time_axis = {name: 2 if name in _HEAD_MAJOR else 1 for name in per_key}
+    cached = {name: self.variable(
+        'cache', f'cached_{name}', jnp.zeros,
+        _stored_shape(x.shape, time_axis[name]), x.dtype)
               for name, x in per_key.items()}
     if creating:
       return zeros
     index = cache_index.value
     for name, x in per_key.items():
       cached[name].value = jax.lax.dynamic_update_slice_in_dim(
-          cached[name].value, x, index, axis=1)
+          cached[name].value, jnp.moveaxis(x, 1, time_axis[name]), index,
+          axis=time_axis[name])
     cache_index.value = index + 1
-    max_len = cached['value' if 'value' in cached else next(iter(cached))
-                     ].value.shape[1]
+    read = {name: jnp.moveaxis(cached[name].value, time_axis[name], 1)
+            for name in cached}
+    max_len = read['value' if 'value' in read else next(iter(read))].shape[1]
     slots_BxK = _default_positions(batch, max_len)
     # Filled slots form the row's one sentence; the rest are padding.
     mask = masks.TokenMask(
         jnp.ones((batch, 1), jnp.int32), (slots_BxK <= index).astype(jnp.int32),
         step_positions, slots_BxK,
     )
-    cached_extras = {name: cached[name].value for name in extras}
+    cached_extras = {name: read[name] for name in extras}
     return self._attend(
-        mechanism, scheme, inputs_q, query_step,
-        cached['key'].value if 'key' in cached else None,
-        cached['value'].value if 'value' in cached else None, mask,
-        decoding=True, extras=cached_extras)
+        mechanism, scheme, inputs_q, query_step, read.get('key'),
+        read.get('value'), mask, decoding=True, extras=cached_extras)
 
   def _decode_cross(self, mechanism, inputs_q, query, inputs_kv_BxKxE,
                     kv_segment_ids_BxK):
     """Cross-attention in decoding: the memory is projected once."""
-    creating = not self.has_variable('cache', 'memory')
+    creating = not self.has_variable(MEMORY, 'memory')
     batch, q_len = inputs_q.shape[:2]
     out_shape = (batch, q_len, self.config.num_heads, self.config.head_dim)
     if creating:
@@ -433,14 +467,19 @@ class MultiHeadAttention(nn.Module):
           _default_positions(batch, inputs_kv_BxKxE.shape[1]),
           self._rotation(None), self.config.num_heads)
       if mechanism.capabilities.decoding_state is DecodingState.KV_CACHE:
-        memory = {'key': key, 'value': value, 'segment_ids': real_BxK,
-                  'extras': extras}
+        # Head-major, [B, G, K, D], as the self-attention cache. The
+        # barrier keeps XLA from cancelling this transpose against the one
+        # of every read, which would leave the memory time-major and copy
+        # it into head-major layout at every decoding step.
+        memory = jax.lax.optimization_barrier(
+            {'key': _head_major(key), 'value': _head_major(value),
+             'segment_ids': real_BxK, 'extras': extras})
       else:
         memory = mechanism.summarise(self, key, value, real_BxK,
                                      self.config.num_heads, extras)
-      self.put_variable('cache', 'memory', memory)
+      self.put_variable(MEMORY, 'memory', memory)
       return jnp.zeros(out_shape, jnp.float32)
-    memory = self.get_variable('cache', 'memory')
+    memory = self.get_variable(MEMORY, 'memory')
     if mechanism.capabilities.decoding_state is not DecodingState.KV_CACHE:
       return jnp.broadcast_to(mechanism.read(self, memory, query), out_shape)
     kv_len = memory['segment_ids'].shape[1]
@@ -448,6 +487,7 @@ class MultiHeadAttention(nn.Module):
         jnp.ones((batch, q_len), jnp.int32), memory['segment_ids'],
         _default_positions(batch, q_len), _default_positions(batch, kv_len),
     )
-    return self._attend(mechanism, None, inputs_q, query, memory['key'],
-                        memory['value'], mask, decoding=True,
+    return self._attend(mechanism, None, inputs_q, query,
+                        _time_major(memory['key']),
+                        _time_major(memory['value']), mask, decoding=True,
                         extras=memory['extras'])

@@ -157,8 +157,11 @@ def beam_search(tokens_to_logits: TokensToLogits,
       token emitted at the previous step (bos_id at step 0). `new_cache` must
       have the structure, shapes and dtypes of `cache`.
     init_cache: pytree of decoder state. Leaves with ndim >= 1 have leading
-      dim N (see `expand_to_beams`) and are gathered along it whenever beams
-      are reselected; scalar leaves are shared by all beams and never gathered.
+      dim N (see `expand_to_beams`) and are gathered along it at every step,
+      as beams are reselected; scalar leaves are shared by all beams and
+      never gathered. State that is the same for every beam of a sentence
+      (the encoder memory) belongs in `tokens_to_logits`' closure instead:
+      gathering it would copy it unchanged at every step.
     batch_size: B, the number of source sentences.
     beam_size: K, hypotheses kept per sentence.
     alpha: GNMT length-penalty exponent; must be >= 0 for early stopping to be

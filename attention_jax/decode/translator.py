@@ -14,6 +14,7 @@ import sentencepiece as spm
 
 from attention_jax import progress
 from attention_jax import sharding
+from attention_jax.attention import frame
 from attention_jax.data import batches
 from attention_jax.data import tokenizer
 from attention_jax.decode import beam_search
@@ -41,13 +42,17 @@ def predict(
   creation_tokens = jnp.zeros((encoded_N.shape[0], max_decode_len), jnp.int32)
   _, variables = decoder.apply(
       {'params': params}, encoded_N, segments_N, creation_tokens,
-      method=Transformer.decode, mutable=['cache'],
+      method=Transformer.decode, mutable=['cache', frame.MEMORY],
   )
+  # The projected encoder memory is the same for every beam of a sentence:
+  # read by each step, never reordered.
+  memory = variables.get(frame.MEMORY, {})
 
   def tokens_to_logits(last_tokens_N, cache):
     logits, updated = decoder.apply(
-        {'params': params, 'cache': cache}, encoded_N, segments_N,
-        last_tokens_N[:, None], method=Transformer.decode, mutable=['cache'],
+        {'params': params, 'cache': cache, frame.MEMORY: memory}, encoded_N,
+        segments_N, last_tokens_N[:, None], method=Transformer.decode,
+        mutable=['cache'],
     )
     return logits[:, 0], updated['cache']
 
