@@ -22,6 +22,7 @@ import numpy as np
 from attention_jax import run_records
 from attention_jax.ablation import attention_heads
 from attention_jax.ablation import plots
+from attention_jax.ablation import report_text
 from attention_jax.ablation import runner
 from attention_jax.ablation import significance
 from attention_jax.ablation import study as study_lib
@@ -142,8 +143,10 @@ def summarise(records: list[PointRecord], baseline: str,
         'test_chrf_std': _std(chrf),
         'test_accuracy_mean': _mean(accuracy),
         'test_accuracy_std': _std(accuracy),
-        'bleu_signature': _signatures(done, 'test_bleu_signature'),
-        'chrf_signature': _signatures(done, 'test_chrf_signature'),
+        'bleu_signature': report_text.signatures(
+            done, 'test_bleu_signature'),
+        'chrf_signature': report_text.signatures(
+            done, 'test_chrf_signature'),
         'valid_loss': _mean([r.results['eval_loss'] for r in done]),
         'steps': _mean([r.results['steps'] for r in done]),
         'num_params': _mean([r.results['num_params'] for r in done]),
@@ -178,15 +181,6 @@ def summarise(records: list[PointRecord], baseline: str,
   return rows
 
 
-def _signatures(records: list[PointRecord], key: str) -> str:
-  """The distinct sacrebleu signatures `key` of `records`, '; '-joined.
-
-  '' where none has one (results written before signatures were kept).
-  """
-  return '; '.join(sorted({r.results[key] for r in records
-                           if key in r.results}))
-
-
 def _too_few_seeds(baseline_seeds: int, variant_seeds: int) -> str:
   """Why seeds cannot be resampled, or '' where both sides have enough."""
   if min(baseline_seeds, variant_seeds) >= significance.MIN_SEEDS:
@@ -213,154 +207,6 @@ def _write_csv(path: str, columns: Sequence[str], rows: list[dict]) -> None:
   writer.writeheader()
   writer.writerows(rows)
   run_records.write_text(path, text.getvalue())
-
-
-def _fmt(value: float, digits: int = 2) -> str:
-  return '–' if value is None or math.isnan(value) else f'{value:.{digits}f}'
-
-
-def _fmt_int(value: float) -> str:
-  return '–' if value is None or math.isnan(value) else f'{value:,.0f}'
-
-
-def _markdown_table(rows: list[dict], baseline: str, memory_kind: str) -> str:
-  head = (
-      '| variant | seeds | test BLEU (mean ± std) | test chrF (mean ± std) '
-      '| Δ BLEU vs baseline [95% CI] '
-      '| p | 95% CI, seeds resampled too | p, seeds too | vs best '
-      '| valid loss | steps | params | train tok/s | '
-      f'peak memory MiB ({memory_kind}) | decode tok/s | wall s/point |\n'
-      + '|---' * 16 + '|\n'
-  )
-  lines = []
-  for r in rows:
-    if r['variant'] == baseline:
-      delta, p, seeds_ci, seeds_p = 'baseline', '', '', ''
-    elif math.isnan(r['difference']):
-      delta, p, seeds_ci, seeds_p = '–', '–', '–', '–'
-    else:
-      delta = (f'{r["difference"]:+.2f} [{r["ci_low"]:+.2f}, '
-               f'{r["ci_high"]:+.2f}]')
-      p = f'{r["p_value"]:.3f}'
-      if r['seeds_not_resampled']:
-        seeds_ci, seeds_p = f'n/a: {r["seeds_not_resampled"]}', 'n/a'
-      else:
-        seeds_ci = (f'[{r["seeds_ci_low"]:+.2f}, '
-                    f'{r["seeds_ci_high"]:+.2f}]')
-        seeds_p = f'{r["seeds_p_value"]:.3f}'
-    lines.append(
-        f'| {r["variant"]} | {r["finished"]}/{r["points"]} '
-        f'| {_fmt(r["test_bleu_mean"])} ± {_fmt(r["test_bleu_std"])} '
-        f'| {_fmt(r["test_chrf_mean"])} ± {_fmt(r["test_chrf_std"])} '
-        f'| {delta} | {p} | {seeds_ci} | {seeds_p} '
-        f'| {_fmt(r["gap_to_best"])} '
-        f'| {_fmt(r["valid_loss"], 3)} | {_fmt_int(r["steps"])} '
-        f'| {_fmt_int(r["num_params"])} '
-        f'| {_fmt_int(r["train_tokens_per_sec"])} '
-        f'| {_fmt_int(r["peak_memory_mib"])} '
-        f'| {_fmt_int(r["decode_tokens_per_sec"])} '
-        f'| {_fmt_int(r["wall_seconds"])} |'
-    )
-  return head + '\n'.join(lines) + '\n'
-
-
-def _significance_text(rows: list[dict], baseline: str) -> str:
-  compared = [r for r in rows
-              if r['variant'] != baseline and not math.isnan(r['p_value'])]
-  if not compared:
-    return 'No variant could be compared with the baseline.'
-  parts = [f'Of {len(compared)} variants compared with `{baseline}` at '
-           f'p < {significance.LEVEL}:']
-  for key, how in (('p_value', 'resampling test sentences'),
-                   ('seeds_p_value', 'resampling test sentences and seeds')):
-    if key == 'seeds_p_value':
-      skipped = [r for r in compared if r['seeds_not_resampled']]
-      compared = [r for r in compared if not r['seeds_not_resampled']]
-      if skipped:
-        parts.append(
-            f'{how.capitalize()}: n/a for '
-            + '; '.join(f'{r["variant"]} ({r["seeds_not_resampled"]})'
-                        for r in skipped) + '.'
-        )
-      if not compared:
-        continue
-    better = [r['variant'] for r in compared
-              if significance.is_significant(r[key]) and r['difference'] > 0]
-    worse = [r['variant'] for r in compared
-             if significance.is_significant(r[key]) and r['difference'] < 0]
-    same = [r['variant'] for r in compared
-            if not significance.is_significant(r[key])]
-    parts.append(
-        f'{how.capitalize()}: significantly better: '
-        f'{", ".join(better) or "none"}; '
-        f'significantly worse: {", ".join(worse) or "none"}; '
-        f'not significantly different: {", ".join(same) or "none"}.'
-    )
-  return ' '.join(parts)
-
-
-def _test_sentences_text(records: list[PointRecord],
-                         base_config: dict) -> str:
-  """How many test sentences the finished points were scored on."""
-  counts = {len(r.test_references) for r in records
-            if r.test_references is not None}
-  if not counts:
-    return ('unknown: no finished point left '
-            'translations/test_references.txt')
-  # summarise() has refused differing test sets, so there is one count.
-  count, = counts
-  limit = base_config.get('eval', {}).get('final_sentences')
-  if limit:
-    return (f'{count:,} (the first {count:,} of the test split: '
-            f'eval.final_sentences = {limit:,})')
-  if limit == 0:
-    return f'{count:,} (the whole test split)'
-  return f'{count:,}'
-
-
-def _signature_text(records: list[PointRecord], key: str) -> str:
-  done = [r for r in records if r.status == runner.DONE]
-  signatures = _signatures(done, key)
-  if not signatures:
-    return 'missing (results written before signatures were recorded)'
-  missing = sum(key not in r.results for r in done)
-  return (f'`{signatures}`'
-          + (f' (missing for {missing} of {len(done)} finished points)'
-             if missing else ''))
-
-
-def _evaluated_parameters_text(records: list[PointRecord]) -> str:
-  """Which parameters the final evaluation scored: the last checkpoint, or
-  the mean of the last k (`eval.average_checkpoints`), per finished point."""
-  done = [r for r in records if r.status == runner.DONE]
-  averaged = {r.name: r.results['averaged_checkpoint_steps'] for r in done
-              if r.results.get('averaged_checkpoint_steps')}
-  if not averaged:
-    return 'the last checkpoint of each point'
-  text = '; '.join(f'{name}: steps {", ".join(map(str, steps))}'
-                   for name, steps in averaged.items())
-  last = len(done) - len(averaged)
-  return (f'the mean parameters of checkpoints ({text})'
-          + (f'; the last checkpoint for the other {last}' if last else ''))
-
-
-def _accuracy_lines(rows: list[dict]) -> list[str]:
-  """The table of a diagnostic study's test accuracy; none elsewhere."""
-  rows = [r for r in rows if not math.isnan(r['test_accuracy_mean'])]
-  if not rows:
-    return []
-  return [
-      '| variant | seeds | test answer accuracy (mean ± std) |',
-      '|---|---|---|',
-      *(f'| {r["variant"]} | {r["finished"]}/{r["points"]} '
-        f'| {_fmt(r["test_accuracy_mean"], 3)} ± '
-        f'{_fmt(r["test_accuracy_std"], 3)} |' for r in rows),
-      '',
-      'Answer accuracy: the share of answer positions of the test sequences '
-      'predicted exactly, over every setting (attention_jax/train/'
-      'diagnostic_task.py); per setting in each point\'s results.json.',
-      '',
-  ]
 
 
 def write_report(workdir: str, num_samples: int = 1000) -> str:
@@ -456,18 +302,19 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
          'the original run\'s, included above).'] if reused else []),
       f'- Baseline: `{baseline}`.',
       f'- Test sentences scored: '
-      f'{_test_sentences_text(records, base_config)}.',
+      f'{report_text.test_sentences_text(records, base_config)}.',
       f'- sacrebleu signatures: BLEU '
-      f'{_signature_text(records, "test_bleu_signature")}; chrF '
-      f'{_signature_text(records, "test_chrf_signature")}.',
-      f'- Parameters evaluated: {_evaluated_parameters_text(records)}.',
+      f'{report_text.signature_text(records, "test_bleu_signature")}; chrF '
+      f'{report_text.signature_text(records, "test_chrf_signature")}.',
+      '- Parameters evaluated: '
+      f'{report_text.evaluated_parameters_text(records)}.',
       '',
       '## Results',
       '',
-      _markdown_table(rows, baseline, memory_kind),
-      _significance_text(rows, baseline),
+      report_text.markdown_table(rows, baseline, memory_kind),
+      report_text.significance_text(rows, baseline),
       '',
-      *_accuracy_lines(rows),
+      *report_text.accuracy_lines(rows),
       'Test BLEU and chrF are sacrebleu\'s corpus BLEU and chrF (chrF2) on '
       'the test sentences scored (above), after the tokenizer\'s '
       'normalisation of both sides (attention_jax/decode/bleu.py; '
