@@ -5,15 +5,14 @@ import glob
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
 
 import jax
 import pytest
+import event_files
 import smoke_runs
-from tensorboardX.proto import event_pb2
 from tensorboardX.proto import plugin_hparams_pb2
 
 from attention_jax.ablation import report
@@ -243,22 +242,11 @@ def test_points_finished_in_another_study_are_reused(tmp_path):
 
 
 def _read_hparams_session(path):
-  """(events files, hparams, final metrics) of the session in `path`.
-
-  Reads the TFRecord framing (length, its CRC, the Event, its CRC) itself:
-  the venv has tensorboardX's protos but no TensorBoard reader.
-  """
+  """(events files, hparams, final metrics) of the session in `path`."""
   files = glob.glob(os.path.join(path, 'events.out.tfevents.*'))
   hparams, metrics, tags = {}, {}, []
   for name in files:
-    with open(name, 'rb') as f:
-      data = f.read()
-    offset = 0
-    while offset < len(data):
-      length, = struct.unpack('<Q', data[offset:offset + 8])
-      event = event_pb2.Event.FromString(
-          data[offset + 12:offset + 12 + length])
-      offset += 12 + length + 4
+    for event in event_files.read_events(name):
       for value in event.summary.value:
         tags.append(value.tag)
         if value.tag == '_hparams_/session_start_info':

@@ -4,11 +4,10 @@ import errno
 import glob
 import json
 import os
-import struct
 
 import jax.numpy as jnp
 import pytest
-from tensorboardX.proto import event_pb2
+import event_files
 
 from attention_jax import run_records
 from attention_jax import sharding
@@ -197,18 +196,9 @@ def test_a_damaged_results_json_is_an_unfinished_point(tmp_path, damage):
 
 def _events(directory):
   """(step, what) of every event in a tensorboardX event directory."""
-  events = []
-  for name in sorted(os.listdir(directory)):
-    with open(os.path.join(directory, name), 'rb') as f:
-      data = f.read()
-    offset = 0
-    while offset < len(data):
-      length, = struct.unpack('<Q', data[offset:offset + 8])
-      event = event_pb2.Event.FromString(
-          data[offset + 12:offset + 12 + length])
-      offset += 12 + length + 4
-      events.append((event.step, event.WhichOneof('what')))
-  return events
+  return [(event.step, event.WhichOneof('what'))
+          for name in sorted(os.listdir(directory))
+          for event in event_files.read_events(os.path.join(directory, name))]
 
 
 def test_a_resume_forgets_the_metrics_logged_after_its_checkpoint(tmp_path):
