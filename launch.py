@@ -11,6 +11,11 @@ A config with a `sweep()` is a study: see attention_jax/ablation/cli.py.
 that seems stuck, e.g. in a collective).
 """
 
+# Before anything else: may restart this process (attention_jax/host_memory.py).
+from attention_jax import host_memory
+host_memory.reexec_with_huge_pages()
+
+# pylint: disable=wrong-import-position
 import faulthandler
 import logging as stdlib_logging
 import os

@@ -27,6 +27,20 @@ Process CPU seconds are reported beside wall-clock seconds: on a machine
 shared with other work the first is the steadier measure of work done.
 """
 
+# Before jax is imported: the process may restart itself with the allocator
+# setting launch.py uses (attention_jax/host_memory.py). A timed process
+# imports the checkout it measures (PYTHONPATH), and a checkout from before
+# that module keeps glibc's defaults, as its launch.py did; a --baseline
+# comparison's parent does not restart.
+import sys  # pylint: disable=g-import-not-at-top,g-bad-import-order
+try:
+  from attention_jax import host_memory
+except ImportError:
+  host_memory = None
+if host_memory and not any(arg.startswith('--baseline') for arg in sys.argv[1:]):
+  host_memory.reexec_with_huge_pages()
+
+# pylint: disable=wrong-import-position
 import hashlib
 import importlib.util
 import json
@@ -168,6 +182,7 @@ def _time_workload(workload_path: str) -> dict:
       'tokens_per_cpu_second': tokens / cpu_seconds,
       'first_pass_seconds': first_pass_seconds,
       'translations_sha256': digest.hexdigest()[:16],
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
   }
 
 

@@ -25,6 +25,16 @@ seconds (compilation included, which a baseline without the CPU figure
 lacks), the final losses and the ratios.
 """
 
+# Before jax is imported: the process may restart itself with the allocator
+# setting launch.py uses (attention_jax/host_memory.py). A --baseline
+# comparison's parent does not, so that each checkout's processes run with
+# the allocator their own code chooses.
+import sys  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from attention_jax import host_memory
+if not any(arg.startswith('--baseline') for arg in sys.argv[1:]):
+  host_memory.reexec_with_huge_pages()
+
+# pylint: disable=wrong-import-position
 import functools
 import json
 import os
@@ -215,6 +225,7 @@ def measure(config) -> dict:
       'final_loss': loss,
       'timed_steps': _STEPS.value,
       'jax_version': jax.__version__,
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
   }
 
 
