@@ -192,7 +192,7 @@ def measure(config) -> dict:
 
   for i in range(_WARMUP.value):
     state, metrics = compiled(state, device_batches[i % len(device_batches)])
-  jax.block_until_ready((state, metrics))
+  jax.block_until_ready(state)
   start, cpu_start = time.perf_counter(), time.process_time()
   for i in range(_STEPS.value):
     state, metrics = compiled(state, device_batches[i % len(device_batches)])
