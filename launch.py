@@ -81,6 +81,8 @@ def main(argv):
   logging.info('Process %d/%d, local devices %s, global devices %d.',
                jax.process_index(), jax.process_count(), jax.local_devices(),
                jax.device_count())
+  logging.info('Host allocator: GLIBC_TUNABLES=%r (see host_memory.py).',
+               os.environ.get('GLIBC_TUNABLES', ''))
   if _MODE.value == 'translate':
     translate.translate_stdin(_WORKDIR.value)
   elif _MODE.value == 'attend':
