@@ -2,6 +2,7 @@
 promotion refused, so that a silent broadcast of mismatched ranks is an error.
 """
 
+import atexit
 import os
 import shutil
 import sys
@@ -16,6 +17,18 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Training records the host's matmul peak under the user's cache directory
 # (train/flops.py); tests and the runs they start keep theirs apart.
 os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='attention_jax_cache_')
+# XLA's compiled programs are kept on disk for the session (JAX's persistent
+# compilation cache, keyed by the program's content): the many launch.py
+# runs that tests start in subprocesses compile the same smoke-config steps,
+# and a run that finds them there starts about 40% sooner (23 -> 14 s for a
+# 20-step smoke run). The directory is made by the first process (pytest,
+# or xdist's controller), inherited by its workers and their subprocesses,
+# and removed when that process exits. Loaded programs answer as_text,
+# cost_analysis and memory_analysis as freshly compiled ones do.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _XLA_CACHE = tempfile.mkdtemp(prefix='attention_jax_xla_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _XLA_CACHE
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
