@@ -94,13 +94,20 @@ def environment_with_huge_pages(
   return new
 
 
-def reexec_with_huge_pages() -> None:
+def reexec_with_huge_pages(unless_flag: str | None = None) -> None:
   """Replaces this process with itself under `TUNABLE` where that helps.
 
   Call it first thing in a program's entry point, before importing jax
   (the work done before the call is done twice). Returns normally when
   nothing needs changing; otherwise it does not return (os.execve).
+
+  Args:
+    unless_flag: a command-line flag (e.g. '--baseline') whose presence in
+      sys.argv keeps the process as it is: a benchmark comparing checkouts
+      leaves each checkout's own processes to choose their allocator.
   """
+  if unless_flag and any(arg.startswith(unless_flag) for arg in sys.argv[1:]):
+    return
   environ = environment_with_huge_pages(
       dict(os.environ), _glibc_version(), kernel_thp_mode())
   if environ is None:

@@ -27,18 +27,16 @@ Process CPU seconds are reported beside wall-clock seconds: on a machine
 shared with other work the first is the steadier measure of work done.
 """
 
-# Before jax is imported: the process may restart itself with the allocator
-# setting launch.py uses (attention_jax/host_memory.py). A timed process
-# imports the checkout it measures (PYTHONPATH), and a checkout from before
-# that module keeps glibc's defaults, as its launch.py did; a --baseline
-# comparison's parent does not restart.
-import sys  # pylint: disable=g-import-not-at-top,g-bad-import-order
+# Before jax is imported: the allocator setting launch.py uses
+# (attention_jax/host_memory.py); not in a --baseline comparison's parent.
+# A measuring process imports the checkout it measures (PYTHONPATH); one from
+# before that module keeps glibc's defaults, as its launch.py did.
 try:
   from attention_jax import host_memory
 except ImportError:
   host_memory = None
-if host_memory and not any(arg.startswith('--baseline') for arg in sys.argv[1:]):
-  host_memory.reexec_with_huge_pages()
+if host_memory:
+  host_memory.reexec_with_huge_pages(unless_flag='--baseline')
 
 # pylint: disable=wrong-import-position
 import hashlib

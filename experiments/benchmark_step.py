@@ -25,14 +25,10 @@ seconds (compilation included, which a baseline without the CPU figure
 lacks), the final losses and the ratios.
 """
 
-# Before jax is imported: the process may restart itself with the allocator
-# setting launch.py uses (attention_jax/host_memory.py). A --baseline
-# comparison's parent does not, so that each checkout's processes run with
-# the allocator their own code chooses.
-import sys  # pylint: disable=g-import-not-at-top,g-bad-import-order
+# Before jax is imported: the allocator setting launch.py uses
+# (attention_jax/host_memory.py); not in a --baseline comparison's parent.
 from attention_jax import host_memory
-if not any(arg.startswith('--baseline') for arg in sys.argv[1:]):
-  host_memory.reexec_with_huge_pages()
+host_memory.reexec_with_huge_pages(unless_flag='--baseline')
 
 # pylint: disable=wrong-import-position
 import functools

@@ -41,15 +41,22 @@ def test_kernel_mode_is_the_bracketed_word(tmp_path):
   assert host_memory.kernel_thp_mode(str(tmp_path / 'missing')) is None
 
 
-def test_a_program_restarts_once_with_its_arguments():
-  program = ('from attention_jax import host_memory\n'
-             'host_memory.reexec_with_huge_pages()\n'
-             'import os, sys\n'
-             'print(os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:])')
+_PROGRAM = ('from attention_jax import host_memory\n'
+            'host_memory.reexec_with_huge_pages(unless_flag="--baseline")\n'
+            'import os, sys\n'
+            'print(os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:])')
+
+
+def _clean_environment():
   env = {k: v for k, v in os.environ.items()
          if k not in ('GLIBC_TUNABLES', host_memory.OPT_OUT)}
   env['PYTHONPATH'] = REPO
-  proc = subprocess.Popen([sys.executable, '-c', program, 'a', '--b=c'],
+  return env
+
+
+def test_a_program_restarts_once_with_its_arguments():
+  env = _clean_environment()
+  proc = subprocess.Popen([sys.executable, '-c', _PROGRAM, 'a', '--b=c'],
                           env=env, stdout=subprocess.PIPE, text=True)
   stdout, _ = proc.communicate()
   assert proc.returncode == 0
@@ -61,3 +68,10 @@ def test_a_program_restarts_once_with_its_arguments():
   # The same process, replaced in place: study runners and job schedulers
   # that watch the PID keep watching the training.
   assert int(pid) == proc.pid
+
+
+def test_the_unless_flag_keeps_the_process_as_it_is():
+  out = subprocess.run(
+      [sys.executable, '-c', _PROGRAM, '--baseline=../old'],
+      env=_clean_environment(), capture_output=True, text=True, check=True)
+  assert out.stdout.split(' ', 2)[1] == 'None'
