@@ -1,7 +1,8 @@
 """The decaying-state recurrences of `retnet`, `gla` and `mamba2` beyond the
 contract suite: the chunked form against the token-by-token scan (outputs,
 final states, gradients) at lengths that are and are not multiples of the
-chunk, the bidirectional form against its dense definition and RetNet's
+chunk, with per-channel decays inside and beyond the one-matmul form's
+range, the bidirectional form against its dense definition and RetNet's
 gamma^|i-j|, state resets between packed sentences, and float32 gradients
 at 8192 positions with decays near 0 and near 1.
 
@@ -76,6 +77,49 @@ def test_chunked_equals_recurrent_scan(length, chunk, channels):
 
   for ours, theirs in zip(loss(chunked), loss(recurrent)):
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('nats_per_token', [2.0, 30.0])
+def test_per_channel_chunks_within_and_beyond_the_factored_range(
+    nats_per_token):
+  """GLA's chunks are scored by one matmul while a chunk spans at most
+  FACTORED_RANGE nats and by the two-level form beyond it; either way the
+  outputs, final state and gradients are the recurrence's."""
+  length, chunk = 19, 8
+  q, k, v, _ = _arrays(length, DEPTH)
+  log_decay = -nats_per_token * jax.random.uniform(
+      jax.random.key(5), (2, length, HEADS, DEPTH))
+  # Every chunk within the range (2 nats x 8), or the first beyond it.
+  span = float(-jnp.min(jnp.sum(log_decay[:, :chunk], 1)))
+  assert ((span > decay_scan.FACTORED_RANGE)
+          == (nats_per_token * chunk > decay_scan.FACTORED_RANGE))
+  seg = _segments(length)
+  real = (seg > 0)[..., None, None]
+  cotangent = _normal(9, v.shape) * real
+
+  def loss(f):
+    def scalar(*arrays):
+      out, state = f(*arrays)
+      return jnp.sum(out * cotangent) + jnp.sum(state[1])
+    return jax.value_and_grad(scalar, argnums=(0, 1, 2, 3))(q, k, v,
+                                                          log_decay)
+
+  ours = loss(lambda *a: decay_scan.causal_scan(*a, seg, chunk))
+  theirs = loss(lambda *a: decay_scan.reference_recurrence(*a, seg))
+  np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-5)
+  for got, want in zip(ours[1], theirs[1]):
+    assert bool(jnp.all(jnp.isfinite(got)))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_factored_and_two_level_scores_agree():
+  """The two per-channel scorings of a chunk, lower triangle included."""
+  q, k = (_normal(i, (1, HEADS, 3, 16, DEPTH)) for i in range(2))
+  cum = jnp.cumsum(-2.0 * jax.random.uniform(jax.random.key(3), q.shape), 3)
+  lower = jnp.tril(jnp.ones((16, 16), bool))
+  np.testing.assert_allclose(
+      jnp.where(lower, decay_scan._factored_scores(q, k, cum), 0.0),
+      decay_scan._two_level_scores(q, k, cum), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize('channels', CHANNELS)

@@ -36,12 +36,15 @@ The fast causal form (`causal_scan`) cuts the sequence into chunks: inside a
 chunk the masked decayed score matrix is formed exactly, its decays the exp
 of differences of in-chunk cumulative log-decays (never positive, so never
 overflowing); across chunks the states of the segment open at each chunk's
-end are carried by a `lax.scan`. Memory is O(L * chunk) per head for scalar
-decays and O(L * (SUBCHUNK + chunk / SUBCHUNK) * d_k) for per-channel ones
-(see `_decayed_scores`). The mechanism class that uses these forms is
-`decaying_state.DecayingState`. `reference_recurrence`
-(a plain scan over tokens) and `reference_dense` (explicit decay products)
-are written from the definitions above, sharing nothing with it.
+end are carried by a `lax.scan`. Per-channel decays score a chunk with one
+matmul of rescaled queries and keys while no chunk spans more than
+FACTORED_RANGE nats of decay, and with the two-level form of the GLA paper
+otherwise (see `_decayed_scores`). Memory is O(L * chunk) per head, and
+O(L * (SUBCHUNK + chunk / SUBCHUNK) * d_k) in the two-level form. The
+mechanism class that uses these forms is `decaying_state.DecayingState`.
+`reference_recurrence` (a plain scan over tokens) and `reference_dense`
+(explicit decay products) are written from the definitions above, sharing
+nothing with it.
 """
 
 import jax
@@ -61,79 +64,147 @@ def _chunked(x, num_chunks: int, chunk: int, mode: str = 'constant'):
   return x.reshape(x.shape[0], num_chunks, chunk, *x.shape[2:])
 
 
-# Per-channel decays: sub-chunk length of the two-level form (see
-# `_decayed_scores`).
+def _head_major_chunks(x_BxLxHxD, num_chunks: int, chunk: int):
+  """[B, L, H, D] -> [B, H, N, C, D], zero-padded at the end.
+
+  Heads and chunks lead, so every matmul of `causal_scan` batches over its
+  leading axes and XLA moves no data between them.
+  """
+  return jnp.moveaxis(_chunked(x_BxLxHxD, num_chunks, chunk), 3, 1)
+
+
+# Per-channel decays: the largest decay, in nats, one chunk may span in any
+# channel for the one-matmul scores (`_factored_scores`); beyond it, the
+# two-level form (`_two_level_scores`). At 60 nats every factor lies within
+# e^(+-30), far from float32's limits (e^(+-87)).
+FACTORED_RANGE = 60.0
+# Per-channel decays: sub-chunk length of the two-level form.
 SUBCHUNK = 4
 
 
-def _decayed_scores(q_BxNxCxHxK, k_BxNxCxHxK, cum_BxNxCxHxA, visible_BxNxCxC):
-  """sum_d q_id k_jd exp(cum_id - cum_jd) where visible, per chunk.
-
-  One decay per head: the C x C decays times q k^T. Per key channel
-  (GLA), the two-level form of Yang et al. 2024 (sec. 4.2, "secondary
-  chunking"): the chunk is cut into sub-chunks of SUBCHUNK positions; a
-  key j before the query's sub-chunk, which starts at p with cum_p, is
-  scored by a matmul of q_i exp(cum_i - cum_p) and k_j exp(cum_p - cum_j),
-  both factors at most 1 (cum never increases), so nothing overflows and a
-  factor underflows only where the exact product is smaller still; pairs in
-  one sub-chunk take the exact elementwise form, O(SUBCHUNK * d_k) per
-  position instead of O(C * d_k).
-
-  Returns:
-    [B, N, H, C, C] (query i, key j).
-  """
-  chunk, channels = q_BxNxCxHxK.shape[2], cum_BxNxCxHxA.shape[-1]
-  if channels == 1:
-    return (jnp.einsum('bnihk,bnjhk->bnhij', q_BxNxCxHxK, k_BxNxCxHxK)
-            * jnp.moveaxis(_pair_decays(cum_BxNxCxHxA, visible_BxNxCxC)[
-                ..., 0], -1, 2))
-  if chunk <= SUBCHUNK or chunk % SUBCHUNK:
-    return jnp.einsum('bnihk,bnjhk,bnijhk->bnhij', q_BxNxCxHxK, k_BxNxCxHxK,
-                      _pair_decays(cum_BxNxCxHxA, visible_BxNxCxC))
-  lead, num_sub = q_BxNxCxHxK.shape[:2], chunk // SUBCHUNK
-  split = lambda x: x.reshape(lead + (num_sub, SUBCHUNK) + x.shape[3:])
-  q_BxNxMxSxHxK, cum_BxNxMxSxHxA = split(q_BxNxCxHxK), split(cum_BxNxCxHxA)
-  start_BxNxMxHxA = cum_BxNxMxSxHxA[:, :, :, 0]
-  q_scaled = q_BxNxMxSxHxK * jnp.exp(cum_BxNxMxSxHxA
-                                     - start_BxNxMxHxA[:, :, :, None])
-  position_C = jnp.arange(chunk)
-  # Key j lies before sub-chunk m: [M, C].
-  before_MxC = position_C[None] < SUBCHUNK * jnp.arange(num_sub)[:, None]
-  gap_BxNxMxCxHxA = (start_BxNxMxHxA[:, :, :, None]
-                     - cum_BxNxCxHxA[:, :, None])
-  k_scaled = k_BxNxCxHxK[:, :, None] * jnp.exp(
-      jnp.where(before_MxC[None, None, :, :, None, None], gap_BxNxMxCxHxA,
-                -jnp.inf))
-  earlier_BxNxHxMxSxC = jnp.einsum('bnmihk,bnmjhk->bnhmij', q_scaled,
-                                   k_scaled)
-  sub_visible = visible_BxNxCxC.reshape(
-      lead + (num_sub, SUBCHUNK, num_sub, SUBCHUNK))
-  diagonal_visible = jnp.moveaxis(  # [B, N, M, S, S]
-      jnp.diagonal(sub_visible, axis1=2, axis2=4), -1, 2)
-  # Pairs inside one sub-chunk, the sub-chunks flattened into the chunks.
-  flat = lambda x: x.reshape((lead[0], -1) + x.shape[3:])
-  decays_BxNxMxSxSxHxA = _pair_decays(
-      flat(cum_BxNxMxSxHxA), flat(diagonal_visible)).reshape(
-          lead + (num_sub, SUBCHUNK, SUBCHUNK) + cum_BxNxCxHxA.shape[3:])
-  within_BxNxHxMxSxS = jnp.einsum(
-      'bnmihk,bnmjhk,bnmijhk->bnhmij', q_BxNxMxSxHxK, split(k_BxNxCxHxK),
-      decays_BxNxMxSxSxHxA)
-  # Sub-chunk m's own keys occupy columns m*S .. m*S + S - 1.
-  within_BxNxHxMxSxC = jnp.einsum(
-      'bnhmij,mq->bnhmiqj', within_BxNxHxMxSxS,
-      jnp.eye(num_sub, dtype=within_BxNxHxMxSxS.dtype)).reshape(
-          earlier_BxNxHxMxSxC.shape)
-  scores = (earlier_BxNxHxMxSxC + within_BxNxHxMxSxC).reshape(
-      lead + (q_BxNxCxHxK.shape[3], chunk, chunk))
-  return jnp.where(visible_BxNxCxC[:, :, None], scores, 0.0)
+def _chunk_cumsum(log_decay_BxHxNxCxA):
+  """Cumulative log-decays inside each chunk, as one matmul with a lower
+  triangle of ones (XLA:CPU lowers `cumsum` to a reduce-window)."""
+  chunk = log_decay_BxHxNxCxA.shape[3]
+  lower_CxC = jnp.tril(jnp.ones((chunk, chunk), log_decay_BxHxNxCxA.dtype))
+  return jnp.einsum('ij,bhnja->bhnia', lower_CxC, log_decay_BxHxNxCxA,
+                    precision=jax.lax.Precision.HIGHEST)
 
 
-def _pair_decays(cum_BxNxCxHxA, visible_BxNxCxC):
-  """exp(cum_i - cum_j) where visible, else 0: [B, N, C, C, H, A]."""
-  gap = cum_BxNxCxHxA[:, :, :, None] - cum_BxNxCxHxA[:, :, None, :]
+def _pair_decays(cum_BxHxNxCxA, visible_CxC):
+  """exp(cum_i - cum_j) where visible, else 0: [B, H, N, C, C, A]."""
+  gap = cum_BxHxNxCxA[..., :, None, :] - cum_BxHxNxCxA[..., None, :, :]
   # Masked before exp: invisible pairs (j > i) have positive gaps that would
   # overflow and turn gradients into NaN.
-  return jnp.exp(jnp.where(visible_BxNxCxC[..., None, None], gap, -jnp.inf))
+  return jnp.exp(jnp.where(visible_CxC[:, :, None], gap, -jnp.inf))
+
+
+def _factored_scores(q_BxHxNxCxK, k_BxHxNxCxK, cum_BxHxNxCxK):
+  """sum_d q_id k_jd exp(cum_id - cum_jd) for all pairs of a chunk, as one
+  matmul of q_i exp(cum_i - r) and k_j exp(r - cum_j), r half the chunk's
+  total log-decay per channel (Yang et al. 2024, sec. 4.1, stabilised by
+  the midpoint). Exact while no chunk spans more than FACTORED_RANGE nats;
+  pairs j > i come out finite and are masked by the caller.
+
+  Returns:
+    [B, H, N, C, C] (query i, key j).
+  """
+  mid_BxHxNx1xK = cum_BxHxNxCxK[:, :, :, -1:] / 2
+  return jnp.einsum('bhnik,bhnjk->bhnij',
+                    q_BxHxNxCxK * jnp.exp(cum_BxHxNxCxK - mid_BxHxNx1xK),
+                    k_BxHxNxCxK * jnp.exp(mid_BxHxNx1xK - cum_BxHxNxCxK))
+
+
+def _two_level_scores(q_BxHxNxCxK, k_BxHxNxCxK, cum_BxHxNxCxK):
+  """The scores of `_factored_scores` for any decays (j <= i only, 0 above).
+
+  The two-level form of Yang et al. 2024 (sec. 4.2, "secondary chunking"):
+  the chunk is cut into sub-chunks of SUBCHUNK positions; a key j before
+  the query's sub-chunk, which starts at p with cum_p, is scored by a
+  matmul of q_i exp(cum_i - cum_p) and k_j exp(cum_p - cum_j), both factors
+  at most 1 (cum never increases), so nothing overflows and a factor
+  underflows only where the exact product is smaller still; pairs in one
+  sub-chunk take the exact elementwise form.
+  """
+  chunk = q_BxHxNxCxK.shape[3]
+  causal_CxC = jnp.tril(jnp.ones((chunk, chunk), bool))
+  if chunk <= SUBCHUNK or chunk % SUBCHUNK:
+    return jnp.einsum('bhnik,bhnjk,bhnijk->bhnij', q_BxHxNxCxK, k_BxHxNxCxK,
+                      _pair_decays(cum_BxHxNxCxK, causal_CxC))
+  lead, num_sub = q_BxHxNxCxK.shape[:3], chunk // SUBCHUNK
+  split = lambda x: x.reshape(lead + (num_sub, SUBCHUNK) + x.shape[4:])
+  q_BxHxNxMxSxK, cum_BxHxNxMxSxK = split(q_BxHxNxCxK), split(cum_BxHxNxCxK)
+  start_BxHxNxMxK = cum_BxHxNxMxSxK[:, :, :, :, 0]
+  q_scaled = q_BxHxNxMxSxK * jnp.exp(cum_BxHxNxMxSxK
+                                     - start_BxHxNxMxK[:, :, :, :, None])
+  # Key j lies before sub-chunk m: [M, C].
+  before_MxC = (jnp.arange(chunk)[None]
+                < SUBCHUNK * jnp.arange(num_sub)[:, None])
+  gap_BxHxNxMxCxK = (start_BxHxNxMxK[:, :, :, :, None]
+                     - cum_BxHxNxCxK[:, :, :, None])
+  k_scaled = k_BxHxNxCxK[:, :, :, None] * jnp.exp(
+      jnp.where(before_MxC[:, :, None], gap_BxHxNxMxCxK, -jnp.inf))
+  earlier_BxHxNxMxSxC = jnp.einsum('bhnmik,bhnmjk->bhnmij', q_scaled,
+                                   k_scaled)
+  causal_SxS = jnp.tril(jnp.ones((SUBCHUNK, SUBCHUNK), bool))
+  # An einsum, not a broadcast product summed over k: XLA:CPU (jax 0.10.2)
+  # corrupts memory running the latter's gradient at some shapes.
+  within_BxHxNxMxSxS = jnp.einsum(
+      'bhnmik,bhnmjk,bhnmijk->bhnmij', q_BxHxNxMxSxK, split(k_BxHxNxCxK),
+      _pair_decays(cum_BxHxNxMxSxK, causal_SxS))
+  # Sub-chunk m's own keys occupy columns m*S .. m*S + S - 1.
+  within_BxHxNxMxSxC = jnp.einsum(
+      'bhnmij,mp->bhnmipj', within_BxHxNxMxSxS,
+      jnp.eye(num_sub, dtype=within_BxHxNxMxSxS.dtype)).reshape(
+          earlier_BxHxNxMxSxC.shape)
+  return (earlier_BxHxNxMxSxC + within_BxHxNxMxSxC).reshape(
+      lead + (chunk, chunk))
+
+
+# Chunks the two-level form scores at once: its intermediates are
+# O(chunk * (SUBCHUNK + chunk / SUBCHUNK) * d_k) per chunk and head, so it
+# runs over the chunks in groups (`lax.map`), which keeps the memory a
+# compiled program reserves for this rarely taken branch independent of the
+# sequence length.
+TWO_LEVEL_CHUNKS_AT_ONCE = 16
+
+
+def _two_level_scores_by_chunks(q_BxHxNxCxK, k_BxHxNxCxK, cum_BxHxNxCxK):
+  """`_two_level_scores`, TWO_LEVEL_CHUNKS_AT_ONCE chunks at a time."""
+  by_chunk = lambda x: jnp.moveaxis(x, 2, 0)[:, :, :, None]
+  # Checkpointed, so the gradient keeps no group's intermediates either.
+  scores_NxBxHx1xCxC = jax.lax.map(
+      jax.checkpoint(lambda chunk_n: _two_level_scores(*chunk_n)),
+      tuple(by_chunk(x) for x in (q_BxHxNxCxK, k_BxHxNxCxK, cum_BxHxNxCxK)),
+      batch_size=min(TWO_LEVEL_CHUNKS_AT_ONCE, q_BxHxNxCxK.shape[2]))
+  return jnp.moveaxis(scores_NxBxHx1xCxC[:, :, :, 0], 0, 2)
+
+
+def _decayed_scores(q_BxHxNxCxK, k_BxHxNxCxK, cum_BxHxNxCxA,
+                    visible_BxNxCxC):
+  """sum_d q_id k_jd exp(cum_id - cum_jd) where visible, per chunk.
+
+  One decay per head: the C x C decays times q k^T. Per key channel (GLA):
+  `_factored_scores` when every chunk of the batch spans at most
+  FACTORED_RANGE nats in every channel, else `_two_level_scores`; both
+  recompute in the backward pass, so the branch keeps no intermediates.
+
+  Returns:
+    [B, H, N, C, C] (query i, key j).
+  """
+  visible_Bx1xNxCxC = visible_BxNxCxC[:, None]
+  if cum_BxHxNxCxA.shape[-1] == 1:
+    chunk = q_BxHxNxCxK.shape[3]
+    decays_BxHxNxCxC = _pair_decays(
+        cum_BxHxNxCxA, jnp.tril(jnp.ones((chunk, chunk), bool)))[..., 0]
+    scores = jnp.einsum('bhnik,bhnjk->bhnij', q_BxHxNxCxK,
+                        k_BxHxNxCxK) * decays_BxHxNxCxC
+  else:
+    in_range = jnp.all(cum_BxHxNxCxA[:, :, :, -1] >= -FACTORED_RANGE)
+    scores = jax.lax.cond(in_range, jax.checkpoint(_factored_scores),
+                          jax.checkpoint(_two_level_scores_by_chunks),
+                          q_BxHxNxCxK, k_BxHxNxCxK, cum_BxHxNxCxA)
+  return jnp.where(visible_Bx1xNxCxC, scores, 0.0)
 
 
 def causal_scan(q_BxLxHxK, k_BxLxHxK, v_BxLxHxV, log_decay_BxLxHxA,
@@ -158,33 +229,34 @@ def causal_scan(q_BxLxHxK, k_BxLxHxK, v_BxLxHxV, log_decay_BxLxHxA,
   chunk = min(chunk_size, length)
   num_chunks = -(-length // chunk)
   k_BxLxHxK = jnp.where(segment_ids_BxL[..., None, None] > 0, k_BxLxHxK, 0.0)
-  q, k, v, log_decay = (_chunked(x, num_chunks, chunk) for x in (
+  q, k, v, log_decay = (_head_major_chunks(x, num_chunks, chunk) for x in (
       q_BxLxHxK, k_BxLxHxK, v_BxLxHxV, log_decay_BxLxHxA))
   # Positions past the end continue the last segment with no key and no
   # decay, so the last chunk's open segment and state are the sequence's.
   seg_BxNxC = _chunked(segment_ids_BxL, num_chunks, chunk, mode='edge')
-  cum_BxNxCxHxA = jnp.cumsum(log_decay, axis=2)
+  cum_BxHxNxCxA = _chunk_cumsum(log_decay)
 
   causal_CxC = jnp.tril(jnp.ones((chunk, chunk), bool),
                         0 if include_current else -1)
   visible_BxNxCxC = ((seg_BxNxC[..., :, None] == seg_BxNxC[..., None, :])
                      & causal_CxC[None, None])
-  within_BxNxCxHxV = jnp.einsum(
-      'bnhij,bnjhv->bnihv',
-      _decayed_scores(q, k, cum_BxNxCxHxA, visible_BxNxCxC), v)
+  within_BxHxNxCxV = jnp.einsum(
+      'bhnij,bhnjv->bhniv',
+      _decayed_scores(q, k, cum_BxHxNxCxA, visible_BxNxCxC), v)
 
   open_seg_BxN = seg_BxNxC[:, :, -1]
-  in_open_BxNxC = seg_BxNxC == open_seg_BxN[..., None]
-  to_end_BxNxCxHxA = jnp.exp(cum_BxNxCxHxA[:, :, -1:] - cum_BxNxCxHxA)
-  tail_BxNxHxKxV = jnp.einsum(
-      'bnchk,bnchv->bnhkv',
-      jnp.where(in_open_BxNxC[..., None, None], k * to_end_BxNxCxHxA, 0.0), v)
+  in_open_Bx1xNxCx1 = (seg_BxNxC == open_seg_BxN[..., None])[:, None, ...,
+                                                             None]
+  to_end_BxHxNxCxA = jnp.exp(cum_BxHxNxCxA[:, :, :, -1:] - cum_BxHxNxCxA)
+  tail_BxHxNxKxV = jnp.einsum(
+      'bhnck,bhncv->bhnkv',
+      jnp.where(in_open_Bx1xNxCx1, k * to_end_BxHxNxCxA, 0.0), v)
   # With contiguous segments, chunk n lies wholly inside the segment open
   # at the end of chunk n - 1 exactly when that segment is still open at
   # the end of chunk n.
   continues_BxN = jnp.pad(open_seg_BxN[:, 1:] == open_seg_BxN[:, :-1],
                           [(0, 0), (1, 0)])
-  chunk_decay_BxNxHxA = jnp.exp(cum_BxNxCxHxA[:, :, -1])
+  chunk_decay_BxHxNxA = jnp.exp(cum_BxHxNxCxA[:, :, :, -1])
 
   def carry(state_BxHxKxV, chunk_n):
     continues_B, decay_BxHxA, tail_BxHxKxV = chunk_n
@@ -194,19 +266,22 @@ def causal_scan(q_BxLxHxK, k_BxLxHxK, v_BxLxHxV, log_decay_BxLxHxA,
     return state_BxHxKxV, state_BxHxKxV
 
   final_BxHxKxV, states_NxBxHxKxV = jax.lax.scan(
-      carry, jnp.zeros_like(tail_BxNxHxKxV[:, 0]),
-      tuple(jnp.moveaxis(x, 1, 0) for x in (
-          continues_BxN, chunk_decay_BxNxHxA, tail_BxNxHxKxV)))
-  incoming_BxNxHxKxV = jnp.moveaxis(
+      carry, jnp.zeros_like(tail_BxHxNxKxV[:, :, 0]),
+      (jnp.moveaxis(continues_BxN, 1, 0),
+       jnp.moveaxis(chunk_decay_BxHxNxA, 2, 0),
+       jnp.moveaxis(tail_BxHxNxKxV, 2, 0)))
+  incoming_BxHxNxKxV = jnp.moveaxis(
       jnp.concatenate([jnp.zeros_like(states_NxBxHxKxV[:1]),
-                       states_NxBxHxKxV[:-1]]), 0, 1)
+                       states_NxBxHxKxV[:-1]]), 0, 2)
   open_before_BxN = jnp.pad(open_seg_BxN[:, :-1], [(0, 0), (1, 0)])
-  reads_BxNxC = seg_BxNxC == open_before_BxN[..., None]
-  across_BxNxCxHxV = jnp.where(
-      reads_BxNxC[..., None, None],
-      jnp.einsum('bnchk,bnhkv->bnchv', q * jnp.exp(cum_BxNxCxHxA),
-                 incoming_BxNxHxKxV), 0.0)
-  out = (within_BxNxCxHxV + across_BxNxCxHxV).reshape(
+  reads_Bx1xNxCx1 = (seg_BxNxC == open_before_BxN[..., None])[:, None, ...,
+                                                              None]
+  across_BxHxNxCxV = jnp.where(
+      reads_Bx1xNxCx1,
+      jnp.einsum('bhnck,bhnkv->bhncv', q * jnp.exp(cum_BxHxNxCxA),
+                 incoming_BxHxNxKxV), 0.0)
+  out_BxHxNxCxV = within_BxHxNxCxV + across_BxHxNxCxV
+  out = jnp.moveaxis(out_BxHxNxCxV, 1, 3).reshape(
       batch, num_chunks * chunk, *v_BxLxHxV.shape[2:])
   return out[:, :length], final_BxHxKxV
 
