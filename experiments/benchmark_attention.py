@@ -246,10 +246,17 @@ def _child_main(kind: str) -> None:
     start = time.perf_counter()
     jax.block_until_ready(compiled(params, x, inputs))
     seconds.append(time.perf_counter() - start)
-  gflop = flops.compiled_flops(compiled)
+  # Matmul FLOPs from the jaxpr, loops times their trip counts; XLA's count
+  # (each loop body once) where a loop's trip count is only known at run
+  # time (`flops.traced_matmul_flops`).
+  gflop = flops.traced_matmul_flops(step, params, x, inputs)
+  counted = 'jaxpr matmuls'
+  if gflop is None:
+    gflop, counted = flops.compiled_flops(compiled), 'xla, loops once'
   print(json.dumps({
       'seconds': statistics.median(seconds),
       'gflop': None if gflop is None else gflop / 1e9,
+      'flops_counted': counted,
       'xla_temp_mb': None if analysis is None
                      else analysis.temp_size_in_bytes / 2**20,
   }))

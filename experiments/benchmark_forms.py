@@ -15,14 +15,23 @@ layer's projections, on [1, L, 8, 64] float32 queries, keys and values:
 
 The recurrent form is a `lax.scan` over tokens, each step a rank-one state
 update; the chunked form does the same work as matmuls. For each it prints
-seconds per call (median of --repeats after a warm-up), XLA's FLOP count of
-the compiled call, and the achieved GFLOP/s beside a float32 matmul peak
-measured at the start. What the whole attention layer costs, projections
-included, against softmax attention, is `experiments/benchmark_attention.py
---causal`.
+seconds per call (median of --repeats after a warm-up), the call's matmul
+FLOPs (`flops.traced_matmul_flops`: every scan body times its length; XLA's
+cost analysis counts a loop body once), and the achieved GFLOP/s beside a
+float32 matmul peak measured at the start. It runs under glibc's huge pages as launch.py does
+(attention_jax/host_memory.py; ATTENTION_JAX_HUGE_PAGES=0 for glibc's
+defaults): the recurrent scans gain more from them than the chunked forms.
+What the whole attention layer costs, projections included, against softmax
+attention, is `experiments/benchmark_attention.py --causal`.
 """
 
+# Before jax is imported: the allocator setting launch.py uses.
+from attention_jax import host_memory
+host_memory.reexec_with_huge_pages()
+
+# pylint: disable=wrong-import-position
 import json
+import os
 import statistics
 import time
 
@@ -42,8 +51,8 @@ _FORMS = flags.DEFINE_list(
     'forms', ['scalar_decay', 'channel_decay', 'delta', 'gated_delta'],
     'Recurrences to time (see the module docstring).')
 _CHUNK_SIZES = flags.DEFINE_list(
-    'chunk_sizes', ['scalar_decay=64', 'channel_decay=64', 'delta=32',
-                    'gated_delta=32'],
+    'chunk_sizes', ['scalar_decay=64', 'channel_decay=64', 'delta=16',
+                    'gated_delta=16'],
     'Tokens per chunk of each chunked form, as form=size.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls after a warm-up.')
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Where to write the rows.')
@@ -75,6 +84,8 @@ def _function(form: str, chunked: bool, chunk_size: int):
     def delta(x, seg):
       args = (x['q'], x['k'], x['v'], x['beta'], x['log_alpha'], seg)
       if chunked:
+        if form == 'delta':  # As `deltanet` calls it: no decay terms.
+          args = args[:4] + (None, seg)
         return delta_rule.chunked(*args, chunk_size)[0]
       return delta_rule.recurrent(*args)[0]
     return delta
@@ -103,7 +114,9 @@ def measure(form: str, chunked: bool, chunk_size: int, length: int) -> dict:
     start = time.perf_counter()
     jax.block_until_ready(compiled(inputs, seg, cotangent))
     seconds.append(time.perf_counter() - start)
-  gflop = flops.compiled_flops(compiled)
+  # XLA's own count takes each loop body once; the jaxpr's matmuls with
+  # every scan times its length are what the chunked forms do.
+  gflop = flops.traced_matmul_flops(step, inputs, seg, cotangent)
   return {'form': form, 'computed': 'chunked' if chunked else 'recurrent',
           'chunk_size': chunk_size if chunked else None, 'length': length,
           'seconds': statistics.median(seconds),
@@ -117,7 +130,7 @@ def main(argv) -> None:
   print(f'Measured float32 matmul peak: {peak:.1f} GFLOP/s; forward+backward,'
         f' batch 1, {_HEADS} heads of {_DEPTH}, float32.')
   print(f"{'form':>14} {'length':>7} {'recurrent s':>12} {'chunked s':>10} "
-        f"{'speed-up':>9} {'chunked GFLOP/s':>16}", flush=True)
+        f"{'speed-up':>9} {'matmul GFLOP/s':>15}", flush=True)
   rows = []
   for form in _FORMS.value:
     for length in (int(x) for x in _LENGTHS.value):
@@ -126,14 +139,16 @@ def main(argv) -> None:
       rate = chunk['gflop'] / chunk['seconds'] if chunk['gflop'] else 0.0
       print(f"{form:>14} {length:>7} {scan['seconds']:>12.4f} "
             f"{chunk['seconds']:>10.4f} "
-            f"{scan['seconds'] / chunk['seconds']:>8.1f}x {rate:>16.1f}",
+            f"{scan['seconds'] / chunk['seconds']:>8.1f}x {rate:>15.1f}",
             flush=True)
       rows += [scan, chunk]
   if _JSON_OUT.value:
     with open(_JSON_OUT.value, 'w') as f:
       json.dump({'matmul_peak_gflops': peak, 'heads': _HEADS,
                  'head_dim': _DEPTH, 'batch': 1, 'dtype': 'float32',
-                 'repeats': _REPEATS.value, 'results': rows}, f, indent=1)
+                 'repeats': _REPEATS.value,
+                 'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
+                 'results': rows}, f, indent=1)
 
 
 if __name__ == '__main__':

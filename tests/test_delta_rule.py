@@ -87,27 +87,37 @@ def test_chunked_equals_recurrent(length, gated):
                                                        rtol=1e-3), *grads)
 
 
-def test_wy_transform_equals_sequential_recurrence_on_one_chunk():
-  """Ũ − W M_0 are the pseudo-values u_t = β_t (v_t − α_t M_{t−1}ᵀ k_t)."""
-  chunk = 6
-  arrays = _inputs(12, seed=3, segments=[[1] * 12, [1] * 12])
-  key = arrays['key_BxLxHxK'][0, :chunk, 0]
-  value = arrays['value_BxLxHxV'][0, :chunk, 0]
-  beta = arrays['beta_BxLxH'][0, :chunk, 0]
-  log_alpha = arrays['log_alpha_BxLxH'][0, :chunk, 0]
-  initial = jax.random.normal(jax.random.key(4), (DEPTH, DEPTH))
-  state = initial
-  u_tilde, w = delta_rule.chunk_factors(
-      key, value, beta, jnp.cumsum(log_alpha), jnp.ones(chunk, bool),
-      jnp.ones((chunk, chunk), bool))
-  pseudo_values = []
-  for t in range(chunk):
-    decayed = jnp.exp(log_alpha[t]) * state
-    u_t = beta[t] * (value[t] - decayed.T @ key[t])
-    pseudo_values.append(u_t)
-    state = decayed + jnp.outer(key[t], u_t)
-  np.testing.assert_allclose(u_tilde - w @ initial, jnp.stack(pseudo_values),
-                             atol=1e-5)
+def test_no_decay_is_log_alpha_zero():
+  """log α = None (DeltaNet: the decay terms skipped) computes what zeros
+  compute, in every parallel form, gradients included."""
+  arrays = _inputs(13, seed=3, gated=False)
+  real = (arrays['segment_ids_BxL'] > 0)[..., None, None]
+  floats = {k: v for k, v in arrays.items()
+            if k not in ('segment_ids_BxL', 'log_alpha_BxLxH')}
+  cotangent = jax.random.normal(jax.random.key(7), (2, 13, HEADS, DEPTH))
+  q_segments = jnp.array([[2, 1, 2, 0], [1, 1, 1, 1]], jnp.int32)
+
+  def forms(floats, log_alpha):
+    args = (floats['query_BxLxHxK'], floats['key_BxLxHxK'],
+            floats['value_BxLxHxV'], floats['beta_BxLxH'], log_alpha)
+    out, state = delta_rule.chunked(*args, arrays['segment_ids_BxL'], CHUNK)
+    both = delta_rule.bidirectional(*args, arrays['segment_ids_BxL'], CHUNK)
+    cross = delta_rule.cross(floats['query_BxLxHxK'][:, :4], *args[1:],
+                             q_segments, arrays['segment_ids_BxL'], CHUNK)
+    return jnp.where(real, out, 0), state, jnp.where(real, both, 0), cross
+
+  def loss(floats, log_alpha):
+    out, state, both, cross = forms(floats, log_alpha)
+    return (jnp.sum(out * cotangent) + jnp.sum(state ** 2)
+            + jnp.sum(both * cotangent) + jnp.sum(cross ** 2))
+
+  zeros = arrays['log_alpha_BxLxH']
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               jax.jit(forms)(floats, zeros), forms(floats, None))
+  grads = [jax.jit(jax.grad(loss), static_argnums=1)(floats, None),
+           jax.jit(jax.grad(loss))(floats, zeros)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               *grads)
 
 
 @pytest.mark.parametrize('gated', [False, True])
@@ -195,6 +205,25 @@ def test_blocked_unit_lower_inverse_is_the_inverse(size):
   expected = np.linalg.inv(np.eye(size) + np.asarray(a, np.float64))
   np.testing.assert_allclose(delta_rule.unit_lower_inverse(a), expected,
                              atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('size', [1, 5, 16])
+def test_unit_lower_inverse_gradient(size):
+  """The custom gradient −Tᵀ T̄ Tᵀ (strictly lower part) equals the
+  gradient of jnp.linalg.inv of the same strictly lower triangle."""
+  keys = jax.random.split(jax.random.key(size), 2)
+  a = 0.3 * jax.random.normal(keys[0], (2, size, size))
+  cotangent = jax.random.normal(keys[1], (2, size, size))
+  strictly_lower = lambda a: jnp.tril(a, -1)
+  ours = jax.grad(lambda a: jnp.sum(
+      delta_rule.unit_lower_inverse(strictly_lower(a)) * cotangent))(a)
+  theirs = jax.grad(lambda a: jnp.sum(jnp.linalg.inv(
+      jnp.eye(size)[None] + strictly_lower(a)) * cotangent))(a)
+  np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5)
+  # The upper triangle and the diagonal do not enter: their gradient is 0.
+  ours_raw = jax.grad(lambda a: jnp.sum(
+      delta_rule.unit_lower_inverse(a) * cotangent))(a)
+  np.testing.assert_array_equal(jnp.triu(ours_raw), 0.0)
 
 
 def test_blocked_inverse_is_exact_for_equal_unit_keys_at_full_strength():

@@ -59,6 +59,16 @@ def gate_projection(module, inputs_BxKxE, num_heads: int, name: str):
   )(inputs_BxKxE.astype(jnp.float32))
 
 
+@dataclasses.dataclass(frozen=True)
+class DeltaOptions(decaying_state.DecayOptions):
+  """The linear-state options, with the chunk that is fastest for the delta
+  rule's chunk loop (`delta_rule.chunked`): 16 tokens. Forward+backward of
+  the recurrence at 2k tokens (8 heads of 64, 2-core CPU, huge pages):
+  DeltaNet 0.13 s at 16, 0.14 s at 32, 0.18 s at 64; Gated DeltaNet 0.16,
+  0.19 and 0.23 s."""
+  chunk_size: int = 16
+
+
 @registry.register('deltanet')
 class DeltaNet(base.Mechanism):
   """The delta rule with a data-dependent write strength β per head.
@@ -71,7 +81,7 @@ class DeltaNet(base.Mechanism):
   """
 
   # chunk_size, form and the options of conv_norm_gate.
-  Options = decaying_state.DecayOptions
+  Options = DeltaOptions
   RESUMABLE_FIELDS = decaying_state.RESUMABLE_FIELDS
   TEST_OPTIONS = decaying_state.TEST_OPTIONS
   # q and k are L2-normalised by the mechanism.
@@ -84,6 +94,10 @@ class DeltaNet(base.Mechanism):
     logits_BxKxH = gate_projection(module, inputs_kv_BxKxE, num_heads,
                                     'beta')
     return {'beta': jax.nn.sigmoid(logits_BxKxH)}
+
+  # Whether log α can differ from 0; without decay the parallel forms skip
+  # every decay term (they are given log α = None).
+  decays = False
 
   def log_alpha(self, key_extras):
     """log α [B, K, H]: 0, DeltaNet keeps its state undecayed."""
@@ -120,18 +134,20 @@ class DeltaNet(base.Mechanism):
     beta, log_alpha = self._gates(inputs.key_extras,
                                   mask.kv_segment_ids_BxK > 0)
     chunk = self.options.chunk_size
+    parallel_log_alpha = log_alpha if self.decays else None
     if not inputs.self_attention:
-      return delta_rule.cross(query, key, value, beta, log_alpha,
+      return delta_rule.cross(query, key, value, beta, parallel_log_alpha,
                               mask.q_segment_ids_BxQ, mask.kv_segment_ids_BxK,
                               chunk)
     if inputs.causal and self.options.form == 'recurrent':
       return delta_rule.recurrent(query, key, value, beta, log_alpha,
                                   mask.kv_segment_ids_BxK)[0]
     if inputs.causal:
-      out, _ = delta_rule.chunked(query, key, value, beta, log_alpha,
+      out, _ = delta_rule.chunked(query, key, value, beta, parallel_log_alpha,
                                   mask.kv_segment_ids_BxK, chunk)
       return out
-    return delta_rule.bidirectional(query, key, value, beta, log_alpha,
+    return delta_rule.bidirectional(query, key, value, beta,
+                                    parallel_log_alpha,
                                     mask.kv_segment_ids_BxK, chunk)
 
   def finish(self, module, out_BxQxHxD, inputs_q_BxQxE):
@@ -205,7 +221,8 @@ class DeltaNet(base.Mechanism):
     # Padding is the identity on the state, so the row's final state is
     # that of its real tokens (one sentence per decoded row).
     _, state = delta_rule.chunked(
-        jnp.zeros_like(key), key, value, beta, log_alpha,
+        jnp.zeros_like(key), key, value, beta,
+        log_alpha if self.decays else None,
         jnp.ones_like(kv_segment_ids_BxK), self.options.chunk_size)
     return {'state': state}
 

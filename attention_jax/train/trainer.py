@@ -135,8 +135,16 @@ def _train_and_evaluate(
   writer = MetricsWriter(workdir, enabled=is_chief, start_step=int(state.step))
 
   first_batch = sharding.to_global(next(stream), mesh)
+  # The step's matmul FLOPs with every loop (micro-batches, chunk loops)
+  # times its trip count; XLA's cost analysis counts a loop body once, so its
+  # count is used only where a loop's length is known at run time alone.
+  step_flops = flops.traced_matmul_flops(train_fn, state, first_batch)
   train_fn = train_fn.lower(state, first_batch).compile()
-  step_flops = flops.compiled_flops(train_fn)
+  if step_flops is None:
+    step_flops = flops.compiled_flops(train_fn)
+    logging.info('The training step has a loop of run-time length: MFU from '
+                 "XLA's count, which takes each loop body once (a lower "
+                 'bound).')
   measured = flops.measure_matmul_peak()
   peak = flops.machine_peak(flops.host_matmul_peak(measured))
   logging.info(
