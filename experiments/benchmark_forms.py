@@ -18,11 +18,11 @@ update; the chunked form does the same work as matmuls. For each it prints
 seconds per call (median of --repeats after a warm-up), the call's matmul
 FLOPs (`flops.traced_matmul_flops`: every scan body times its length; XLA's
 cost analysis counts a loop body once), and the achieved GFLOP/s beside a
-float32 matmul peak measured at the start. It runs under glibc's huge pages as launch.py does
-(attention_jax/host_memory.py; ATTENTION_JAX_HUGE_PAGES=0 for glibc's
-defaults): the recurrent scans gain more from them than the chunked forms.
-What the whole attention layer costs, projections included, against softmax
-attention, is `experiments/benchmark_attention.py --causal`.
+float32 matmul peak measured at the start. It runs under glibc's huge pages
+as launch.py does (attention_jax/host_memory.py; ATTENTION_JAX_HUGE_PAGES=0
+for glibc's defaults): the recurrent scans gain more from them than the
+chunked forms. What the whole attention layer costs, projections included,
+against softmax attention, is `experiments/benchmark_attention.py --causal`.
 """
 
 # Before jax is imported: the allocator setting launch.py uses.

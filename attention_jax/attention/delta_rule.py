@@ -100,7 +100,8 @@ def unit_lower_inverse(a_BxCxC):
   diagonal blocks and A₂₁ the block between them, the inverse of the block
   they form is [[X₁, 0], [−X₂ A₂₁ X₁, X₂]]. ⌈log₂ C⌉ rounds of batched
   matmuls (the blocked triangular inversion of LAPACK's trtri, and the block
-  merging of the UT transform in Yang et al. 2024). `jax.scipy.linalg.solve_triangular` is not used: on
+  merging of the UT transform in Yang et al. 2024).
+  `jax.scipy.linalg.solve_triangular` is not used: on
   XLA:CPU (jax 0.10.2) its forward pass over [1, 8, 64, 32, 32] is fast, but
   its gradient with a 128-column right-hand side did not finish in minutes.
 
@@ -172,7 +173,7 @@ def chunked(query_BxLxHxK, key_BxLxHxK, value_BxLxHxV, beta_BxLxH,
   layout that forms every chunk's factors at once and scans only the state
   (the batched [N·H] matmuls of that layout ran at about a tenth of the
   matmul peak and streamed every [N, C, C] array through memory): DeltaNet
-  at 2k tokens 0.20 -> 0.13 s forward+backward (README, "gated linear and
+  at 2k tokens 0.19 -> 0.13 s forward+backward (README, "gated linear and
   delta-rule forms").
 
   Args: as `recurrent` (forwards, reading after the write), except that
