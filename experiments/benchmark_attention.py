@@ -22,9 +22,13 @@ call that needs more memory than the machine has fails cleanly and is
 reported as 'oom' instead of swapping; one that runs past --timeout is
 reported as 'timeout'.
 
-Each timed call also reports its FLOPs (XLA's cost analysis of the compiled
-call) and the achieved GFLOP/s, beside a float32 matmul peak measured once
-at the start. Mode 'decode' times incremental decoding instead: the causal
+Each timed call also reports its matmul FLOPs (`flops.traced_matmul_flops`:
+scan bodies times their trip count; XLA's cost analysis, which counts a loop
+body once, only where a loop's trip count is known at run time alone, and
+the row says which) and the achieved GFLOP/s, beside a float32 matmul peak
+measured once at the start. Like launch.py it runs under glibc's huge pages
+(attention_jax/host_memory.py; ATTENTION_JAX_HUGE_PAGES=0 for glibc's
+defaults), and every row records the GLIBC_TUNABLES it ran under. Mode 'decode' times incremental decoding instead: the causal
 self-attention layer with a cache of `length` tokens generates `length`
 tokens one call at a time, and the seconds per token are reported near
 token 64 (tokens 33-64) and near the last (the final 32), to show whether a
@@ -41,6 +45,13 @@ theirs in it and the other rows stay, so new mechanisms can be added to a
 shipped sweep.
 """
 
+# Before jax is imported: the allocator setting launch.py uses (when run,
+# not when imported).
+if __name__ == '__main__':
+  from attention_jax import host_memory
+  host_memory.reexec_with_huge_pages()
+
+# pylint: disable=wrong-import-position
 import dataclasses
 import functools
 import json
@@ -88,9 +99,14 @@ _REPEATS = flags.DEFINE_integer(
     'repeats', 3, 'Timed calls after one warm-up call; the median is shown.'
 )
 _CHUNK_SIZE = flags.DEFINE_integer(
-    'chunk_size', 512, 'options.<name>.chunk_size of mechanisms that have it.')
+    'chunk_size', None,
+    'options.<name>.chunk_size of every mechanism that has it; unset: each '
+    "mechanism's own default (512 for `chunked`, 64 for the decaying-state "
+    'mechanisms, 16 for the delta rule). Per variant: `name:chunk_size=N`.')
 _WINDOW_SIZE = flags.DEFINE_integer(
-    'window_size', 64, 'options.<name>.window_size of mechanisms that have it.')
+    'window_size', None,
+    'options.<name>.window_size of every mechanism that has it; unset: '
+    "each mechanism's own default.")
 _JSON_OUT = flags.DEFINE_string(
     'json_out', None, 'Where to write all results as JSON.'
 )
@@ -128,7 +144,9 @@ def parse_variant(variant: str) -> tuple[str, dict]:
 
 def _config(variant: str, **changes) -> frame.AttentionConfig:
   name, overrides = parse_variant(variant)
-  sizes = {'chunk_size': _CHUNK_SIZE.value, 'window_size': _WINDOW_SIZE.value}
+  sizes = {name: flag.value for name, flag in
+           (('chunk_size', _CHUNK_SIZE), ('window_size', _WINDOW_SIZE))
+           if flag.value is not None}
   fields = {f.name for f in dataclasses.fields(attention.get(name).Options)}
   options = {k: v for k, v in sizes.items() if k in fields} | overrides
   return frame.AttentionConfig(
@@ -280,12 +298,13 @@ def _run_child(kind: str, variant: str, length: int, mode: str) -> dict:
       sys.executable, '-m', 'experiments.benchmark_attention',
       f'--child={kind}',
       f'--variants={variant}', f'--lengths={length}', f'--modes={mode}',
-      f'--repeats={_REPEATS.value}', f'--chunk_size={_CHUNK_SIZE.value}',
-      f'--window_size={_WINDOW_SIZE.value}', f'--causal={_CAUSAL.value}',
-  ]
+      f'--repeats={_REPEATS.value}', f'--causal={_CAUSAL.value}',
+  ] + [f'--{flag.name}={flag.value}' for flag in (_CHUNK_SIZE, _WINDOW_SIZE)
+       if flag.value is not None]
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  result = {'variant': variant, 'length': length, 'mode': mode}
+  result = {'variant': variant, 'length': length, 'mode': mode,
+            'options': dataclasses.asdict(_config(variant).options)}
   with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
     process = subprocess.Popen(command, stdout=out, stderr=err, env=env,
                                cwd=repo, preexec_fn=_limit_memory)
@@ -391,6 +410,8 @@ def main(argv) -> None:
   results = _measure_all(variants, lengths, _MODES.value)
   for result in results:
     result['causal'] = measured_causal(result['variant'])
+    # Rows of several runs share a file: each says which allocator it had.
+    result['glibc_tunables'] = os.environ.get('GLIBC_TUNABLES')
   if _JSON_OUT.value:
     if os.path.exists(_JSON_OUT.value):
       with open(_JSON_OUT.value) as f:

@@ -25,9 +25,11 @@ chunked forms. What the whole attention layer costs, projections included,
 against softmax attention, is `experiments/benchmark_attention.py --causal`.
 """
 
-# Before jax is imported: the allocator setting launch.py uses.
-from attention_jax import host_memory
-host_memory.reexec_with_huge_pages()
+# Before jax is imported: the allocator setting launch.py uses (when run,
+# not when imported).
+if __name__ == '__main__':
+  from attention_jax import host_memory
+  host_memory.reexec_with_huge_pages()
 
 # pylint: disable=wrong-import-position
 import json

@@ -243,10 +243,11 @@ def chunked(query_BxLxHxK, key_BxLxHxK, value_BxLxHxV, beta_BxLxH,
       a_BxHxCxC = jnp.where(earlier, beta_BxHxCx1 * kk_BxHxCxC, 0.0)
       scores_BxHxCxC = jnp.where(upto, qk_BxHxCxC, 0.0)
     else:
-      log_gamma_BxHxC = jnp.moveaxis(x['log_gamma'], -1, -2)
-      a_BxHxCxC = (beta_BxHxCx1 * kk_BxHxCxC
-                   * _decay(log_gamma_BxHxC, earlier))
-      scores_BxHxCxC = qk_BxHxCxC * _decay(log_gamma_BxHxC, upto)
+      # One exp for both: `earlier` is `upto` without the diagonal.
+      decay_BxHxCxC = _decay(jnp.moveaxis(x['log_gamma'], -1, -2), upto)
+      a_BxHxCxC = jnp.where(earlier, beta_BxHxCx1 * kk_BxHxCxC
+                            * decay_BxHxCxC, 0.0)
+      scores_BxHxCxC = qk_BxHxCxC * decay_BxHxCxC
     # U = (I + A)⁻¹ (diag(β) V − diag(βγ) K M_0).
     rhs_BxCxHxV = x['beta_v'] - jnp.einsum('bchk,bhkv->bchv',
                                            x['beta_gamma_k'], state_BxHxKxV)
