@@ -89,7 +89,7 @@ def test_chunked_equals_recurrent(length, gated):
 
 def test_no_decay_is_log_alpha_zero():
   """log α = None (DeltaNet: the decay terms skipped) computes what zeros
-  compute, in every parallel form, gradients included."""
+  compute, in every form, gradients included."""
   arrays = _inputs(13, seed=3, gated=False)
   real = (arrays['segment_ids_BxL'] > 0)[..., None, None]
   floats = {k: v for k, v in arrays.items()
@@ -104,12 +104,15 @@ def test_no_decay_is_log_alpha_zero():
     both = delta_rule.bidirectional(*args, arrays['segment_ids_BxL'], CHUNK)
     cross = delta_rule.cross(floats['query_BxLxHxK'][:, :4], *args[1:],
                              q_segments, arrays['segment_ids_BxL'], CHUNK)
-    return jnp.where(real, out, 0), state, jnp.where(real, both, 0), cross
+    scanned, _ = delta_rule.recurrent(*args, arrays['segment_ids_BxL'])
+    return (jnp.where(real, out, 0), state, jnp.where(real, both, 0), cross,
+            jnp.where(real, scanned, 0))
 
   def loss(floats, log_alpha):
-    out, state, both, cross = forms(floats, log_alpha)
+    out, state, both, cross, scanned = forms(floats, log_alpha)
     return (jnp.sum(out * cotangent) + jnp.sum(state ** 2)
-            + jnp.sum(both * cotangent) + jnp.sum(cross ** 2))
+            + jnp.sum(both * cotangent) + jnp.sum(cross ** 2)
+            + jnp.sum(scanned * cotangent))
 
   zeros = arrays['log_alpha_BxLxH']
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),

@@ -44,8 +44,12 @@ import jax.numpy as jnp
 
 def recurrent_step(state_BxHxKxV, query_BxHxK, key_BxHxK, value_BxHxV,
                    beta_BxH, log_alpha_BxH):
-  """One token of the recurrence: (o_t [B, H, V], M_t [B, H, K, V])."""
-  decayed = jnp.exp(log_alpha_BxH)[..., None, None] * state_BxHxKxV
+  """One token of the recurrence: (o_t [B, H, V], M_t [B, H, K, V]).
+
+  log_alpha_BxH may be None: no decay (α = 1).
+  """
+  decayed = (state_BxHxKxV if log_alpha_BxH is None else
+             jnp.exp(log_alpha_BxH)[..., None, None] * state_BxHxKxV)
   # α (I − β k kᵀ) M + β k vᵀ = αM + β k (v − (αM)ᵀ k)ᵀ.
   recalled_BxHxV = jnp.einsum('bhk,bhkv->bhv', key_BxHxK, decayed)
   correction_BxHxV = beta_BxH[..., None] * (value_BxHxV - recalled_BxHxV)
@@ -60,7 +64,8 @@ def recurrent(query_BxLxHxK, key_BxLxHxK, value_BxLxHxV, beta_BxLxH,
 
   Args:
     query_BxLxHxK, key_BxLxHxK, value_BxLxHxV: heads, float32.
-    beta_BxLxH, log_alpha_BxLxH: per-token write strength and log decay.
+    beta_BxLxH, log_alpha_BxLxH: per-token write strength and log decay;
+      log_alpha_BxLxH may be None (no decay).
     segment_ids_BxL: contiguous runs; the state restarts at 0 whenever the
       id differs from the previous token's (in scan order).
     reverse: scan from the last token to the first.
@@ -83,7 +88,7 @@ def recurrent(query_BxLxHxK, key_BxLxHxK, value_BxLxHxV, beta_BxLxH,
     out, state = recurrent_step(state, query, key, value, beta, log_alpha)
     return state, (before if read_before_write else out, state)
 
-  inputs = tuple(jnp.moveaxis(x, 1, 0) for x in (
+  inputs = tuple(None if x is None else jnp.moveaxis(x, 1, 0) for x in (
       query_BxLxHxK, key_BxLxHxK, value_BxLxHxV, beta_BxLxH,
       log_alpha_BxLxH, starts_BxL))
   state = jnp.zeros((batch, heads, depth, value_BxLxHxV.shape[-1]),

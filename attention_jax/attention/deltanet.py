@@ -95,13 +95,11 @@ class DeltaNet(base.Mechanism):
                                     'beta')
     return {'beta': jax.nn.sigmoid(logits_BxKxH)}
 
-  # Whether log α can differ from 0; without decay the parallel forms skip
-  # every decay term (they are given log α = None).
-  decays = False
-
   def log_alpha(self, key_extras):
-    """log α [B, K, H]: 0, DeltaNet keeps its state undecayed."""
-    return jnp.zeros_like(key_extras['beta'])
+    """log α [B, K, H], or None: DeltaNet keeps its state undecayed, and
+    every form then skips the decay terms rather than computing exp(0)."""
+    del key_extras
+    return None
 
   def reference_gates(self, params, inputs_kv_BxKxE):
     """(β, log α) [B, K, H] from the paper's equations."""
@@ -121,10 +119,11 @@ class DeltaNet(base.Mechanism):
     return query, key, value
 
   def _gates(self, key_extras, real_BxK):
-    """(β, log α) [B, K, H]; padding neither writes nor decays."""
+    """(β, log α or None) [B, K, H]; padding neither writes nor decays."""
     real = real_BxK[..., None]
+    log_alpha = self.log_alpha(key_extras)
     return (jnp.where(real, key_extras['beta'], 0.0),
-            jnp.where(real, self.log_alpha(key_extras), 0.0))
+            None if log_alpha is None else jnp.where(real, log_alpha, 0.0))
 
   def attend(self, module, inputs):
     inputs = conv_norm_gate.convolve(module, self.options, inputs)
@@ -134,20 +133,18 @@ class DeltaNet(base.Mechanism):
     beta, log_alpha = self._gates(inputs.key_extras,
                                   mask.kv_segment_ids_BxK > 0)
     chunk = self.options.chunk_size
-    parallel_log_alpha = log_alpha if self.decays else None
     if not inputs.self_attention:
-      return delta_rule.cross(query, key, value, beta, parallel_log_alpha,
+      return delta_rule.cross(query, key, value, beta, log_alpha,
                               mask.q_segment_ids_BxQ, mask.kv_segment_ids_BxK,
                               chunk)
     if inputs.causal and self.options.form == 'recurrent':
       return delta_rule.recurrent(query, key, value, beta, log_alpha,
                                   mask.kv_segment_ids_BxK)[0]
     if inputs.causal:
-      out, _ = delta_rule.chunked(query, key, value, beta, parallel_log_alpha,
+      out, _ = delta_rule.chunked(query, key, value, beta, log_alpha,
                                   mask.kv_segment_ids_BxK, chunk)
       return out
-    return delta_rule.bidirectional(query, key, value, beta,
-                                    parallel_log_alpha,
+    return delta_rule.bidirectional(query, key, value, beta, log_alpha,
                                     mask.kv_segment_ids_BxK, chunk)
 
   def finish(self, module, out_BxQxHxD, inputs_q_BxQxE):
@@ -208,9 +205,11 @@ class DeltaNet(base.Mechanism):
         module, self.options, state, query_Bx1xHxD, key_Bx1xGxD,
         value_Bx1xGxD)
     query, key, value = self._heads(query, key, value, query.shape[2])
+    log_alpha = self.log_alpha(key_extras)
     out_BxHxD, new_state = delta_rule.recurrent_step(
         state['state'], query[:, 0], key[:, 0], value[:, 0],
-        key_extras['beta'][:, 0], self.log_alpha(key_extras)[:, 0])
+        key_extras['beta'][:, 0],
+        None if log_alpha is None else log_alpha[:, 0])
     return out_BxHxD[:, None], {**state, 'state': new_state}
 
   def summarise(self, module, key_BxKxGxD, value_BxKxGxD, kv_segment_ids_BxK,
@@ -221,8 +220,7 @@ class DeltaNet(base.Mechanism):
     # Padding is the identity on the state, so the row's final state is
     # that of its real tokens (one sentence per decoded row).
     _, state = delta_rule.chunked(
-        jnp.zeros_like(key), key, value, beta,
-        log_alpha if self.decays else None,
+        jnp.zeros_like(key), key, value, beta, log_alpha,
         jnp.ones_like(kv_segment_ids_BxK), self.options.chunk_size)
     return {'state': state}
 

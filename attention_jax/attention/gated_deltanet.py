@@ -49,8 +49,6 @@ class GatedDeltaNet(deltanet.DeltaNet):
   'dt_bias' [H]. Decoding state as DeltaNet's.
   """
 
-  decays = True
-
   def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate,
                  num_heads):
     extras = super().key_extras(module, inputs_kv_BxKxE, kv_positions_BxK,
