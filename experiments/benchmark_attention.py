@@ -398,7 +398,10 @@ def main(argv) -> None:
   timed = set(_MODES.value) - {'decode'}
   peak = flops.measure_matmul_peak() if timed else None
   if peak:
-    print(f'Measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s')
+    # Recorded for the trainer's MFU, which uses the best known on this host.
+    best = flops.host_matmul_peak(peak)
+    print(f'Measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s (best '
+          f'known on this host {best / 1e9:.1f})')
   # Shapes only, so every registered mechanism's cache, whatever is timed.
   caches = {name: decoding_cache_bytes(name) for name in attention.names()}
   print('Decoding cache of one layer, bytes per row (width 512, 8 heads):')

@@ -182,7 +182,10 @@ def main(argv) -> None:
     _child_main(_CHILD_LENGTH.value)
     return
   peak_gflops = flops.measure_matmul_peak() / 1e9
-  print(f'Measured float32 matmul peak: {peak_gflops:.1f} GFLOP/s; '
+  # Recorded for the trainer's MFU, which uses the best known on this host.
+  best = flops.host_matmul_peak(peak_gflops * 1e9) / 1e9
+  print(f'Measured float32 matmul peak: {peak_gflops:.1f} GFLOP/s (best known '
+        f'on this host {best:.1f}); '
         f"{'causal' if _CAUSAL.value else 'non-causal'}, "
         f'chunk_size {_CHUNK_SIZE.value}')
   codes = {'new': os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
