@@ -102,7 +102,7 @@ _CHUNK_SIZE = flags.DEFINE_integer(
     'chunk_size', None,
     'options.<name>.chunk_size of every mechanism that has it; unset: each '
     "mechanism's own default (512 for `chunked`, 64 for the decaying-state "
-    'mechanisms, 16 for the delta rule). Per variant: `name:chunk_size=N`.')
+    'mechanisms, 32 for the delta rule). Per variant: `name:chunk_size=N`.')
 _WINDOW_SIZE = flags.DEFINE_integer(
     'window_size', None,
     'options.<name>.window_size of every mechanism that has it; unset: '

@@ -53,8 +53,8 @@ _FORMS = flags.DEFINE_list(
     'forms', ['scalar_decay', 'channel_decay', 'delta', 'gated_delta'],
     'Recurrences to time (see the module docstring).')
 _CHUNK_SIZES = flags.DEFINE_list(
-    'chunk_sizes', ['scalar_decay=64', 'channel_decay=64', 'delta=16',
-                    'gated_delta=16'],
+    'chunk_sizes', ['scalar_decay=64', 'channel_decay=64', 'delta=32',
+                    'gated_delta=32'],
     'Tokens per chunk of each chunked form, as form=size.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls after a warm-up.')
 _JSON_OUT = flags.DEFINE_string('json_out', None, 'Where to write the rows.')

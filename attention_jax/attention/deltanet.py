@@ -62,11 +62,12 @@ def gate_projection(module, inputs_BxKxE, num_heads: int, name: str):
 @dataclasses.dataclass(frozen=True)
 class DeltaOptions(decaying_state.DecayOptions):
   """The linear-state options, with the chunk that is fastest for the delta
-  rule's chunk loop (`delta_rule.chunked`): 16 tokens. Forward+backward of
-  the recurrence at 2k tokens (8 heads of 64, 2-core CPU, huge pages):
-  DeltaNet 0.13 s at 16, 0.14 s at 32, 0.18 s at 64; Gated DeltaNet 0.16,
-  0.19 and 0.23 s."""
-  chunk_size: int = 16
+  rule's chunk loop (`delta_rule.chunked`): 32 tokens. Forward+backward of
+  the recurrence at 2k tokens (8 heads of 64, 2-core CPU, huge pages, two
+  runs): DeltaNet 0.066-0.071 s at 16, 0.066-0.068 s at 32, 0.074-0.082 s
+  at 64; Gated DeltaNet 0.078-0.081, 0.070-0.075 and 0.084-0.087 s. Larger
+  chunks also keep fewer states for the backward pass."""
+  chunk_size: int = 32
 
 
 @registry.register('deltanet')
