@@ -146,6 +146,15 @@ def test_point_bookkeeping(tmp_path):
   assert outcomes == ['failed', 'preempted', 'done']
 
 
+def test_a_finished_points_log_line_fits_its_task():
+  # The runner read results['test_bleu'] after every point and stopped the
+  # diagnostics study (answer accuracy, no BLEU) after its first point.
+  assert runner.headline({'test_bleu': 13.934}) == 'test BLEU 13.93'
+  assert runner.headline({'task': 'mqar', 'test_accuracy': 0.17201}) == (
+      'test answer accuracy 0.172')
+  assert runner.headline({}) == 'no test figure in results.json'
+
+
 _STOPPED_IN_EVALUATION = """
 import os, signal, sys, time
 sys.path[:0] = [{tests!r}, {repo!r}]

@@ -324,6 +324,16 @@ def run_study(study: study_lib.Study, workdir: str, config_args: list[str],
     return _run_points(study, workdir, config_args, equal_time, reuse_from)
 
 
+def headline(results: dict) -> str:
+  """A point's main test figure, for the log: BLEU for translation, answer
+  accuracy for the diagnostic tasks (which have no BLEU)."""
+  if 'test_bleu' in results:
+    return f"test BLEU {results['test_bleu']:.2f}"
+  if 'test_accuracy' in results:
+    return f"test answer accuracy {results['test_accuracy']:.3f}"
+  return 'no test figure in results.json'
+
+
 def _write_hparams(path: str, point: study_lib.Point) -> None:
   hparams.write(path, point, read_results(path), wall_seconds(path))
 
@@ -390,9 +400,8 @@ def _run_points(study, workdir, config_args, equal_time, reuse_from) -> bool:
       state = status(path)
       if state == DONE:
         _write_hparams(path, point)
-        bleu = read_results(path)['test_bleu']
-        logging.info('%s: done in %.0f s, test BLEU %.2f.', where, seconds,
-                     bleu)
+        logging.info('%s: done in %.0f s, %s.', where, seconds,
+                     headline(read_results(path)))
       elif forwarder.stopped and returncode in _STOPPED_BY_SIGNAL:
         logging.info('%s: interrupted after %.0f s; it resumes from its last '
                      'checkpoint.', where, seconds)
