@@ -8,10 +8,12 @@ report gives test answer accuracy per mechanism and plots it against length
 and pair count. Run the other tasks with the base config's preset, e.g.
 `--config=experiments/ablations/diagnostics.py:selective_copy`.
 
-A point trains 2,000 steps of 64 rows of up to 128 tokens: not timed end to
-end yet (a 60-step check ran at about 0.3 s a step on a loaded 2-core CPU,
-so roughly 10-20 minutes a point); the study's 63 points (21 mechanisms x 3
-seeds) take many hours, and the runner resumes where it stopped.
+A point trains 2,000 steps of 64 rows of up to 128 tokens. The first point,
+additive/seed=0, took 2 h 10 min on the 2-core CPU shared with another study
+(additive attention forms [B, H, T, T, d] tensors: about 0.5 s a step alone);
+a 60-step check of softmax ran at about 0.3 s a step on a loaded CPU, some
+10-20 minutes a point. The study's 63 points (21 mechanisms x 3 seeds) take
+many hours, and the runner resumes where it stopped.
 
   python launch.py --config=experiments/ablations/diagnostics.py \\
       --workdir=workdirs/ablations/diagnostics
