@@ -28,7 +28,9 @@ body once, only where a loop's trip count is known at run time alone, and
 the row says which) and the achieved GFLOP/s, beside a float32 matmul peak
 measured once at the start. Like launch.py it runs under glibc's huge pages
 (attention_jax/host_memory.py; ATTENTION_JAX_HUGE_PAGES=0 for glibc's
-defaults), and every row records the GLIBC_TUNABLES it ran under. Mode 'decode' times incremental decoding instead: the causal
+defaults), and every row records the GLIBC_TUNABLES it ran under.
+
+Mode 'decode' times incremental decoding instead: the causal
 self-attention layer with a cache of `length` tokens generates `length`
 tokens one call at a time, and the seconds per token are reported near
 token 64 (tokens 33-64) and near the last (the final 32), to show whether a
@@ -45,8 +47,8 @@ theirs in it and the other rows stay, so new mechanisms can be added to a
 shipped sweep.
 """
 
-# Before jax is imported: the allocator setting launch.py uses (when run,
-# not when imported).
+# Before jax is imported: the allocator setting launch.py uses. Only when
+# run: importing this module must not restart the importing process.
 if __name__ == '__main__':
   from attention_jax import host_memory
   host_memory.reexec_with_huge_pages()
@@ -144,8 +146,7 @@ def parse_variant(variant: str) -> tuple[str, dict]:
 
 def _config(variant: str, **changes) -> frame.AttentionConfig:
   name, overrides = parse_variant(variant)
-  sizes = {name: flag.value for name, flag in
-           (('chunk_size', _CHUNK_SIZE), ('window_size', _WINDOW_SIZE))
+  sizes = {flag.name: flag.value for flag in (_CHUNK_SIZE, _WINDOW_SIZE)
            if flag.value is not None}
   fields = {f.name for f in dataclasses.fields(attention.get(name).Options)}
   options = {k: v for k, v in sizes.items() if k in fields} | overrides

@@ -32,13 +32,15 @@ measured once at the start.
 # Before jax is imported: the allocator setting launch.py uses
 # (attention_jax/host_memory.py); not in a --baseline comparison's parent.
 # A measuring process imports the checkout it measures (PYTHONPATH); one from
-# before that module keeps glibc's defaults, as its launch.py did.
-try:
-  from attention_jax import host_memory
-except ImportError:
-  host_memory = None
-if host_memory:
-  host_memory.reexec_with_huge_pages(unless_flag='--baseline')
+# before that module keeps glibc's defaults, as its launch.py did. Only when
+# run: importing this module must not restart the importing process.
+if __name__ == '__main__':
+  try:
+    from attention_jax import host_memory
+  except ImportError:
+    host_memory = None
+  if host_memory:
+    host_memory.reexec_with_huge_pages(unless_flag='--baseline')
 
 # pylint: disable=wrong-import-position
 import json

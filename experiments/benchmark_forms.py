@@ -25,8 +25,8 @@ chunked forms. What the whole attention layer costs, projections included,
 against softmax attention, is `experiments/benchmark_attention.py --causal`.
 """
 
-# Before jax is imported: the allocator setting launch.py uses (when run,
-# not when imported).
+# Before jax is imported: the allocator setting launch.py uses. Only when
+# run: importing this module must not restart the importing process.
 if __name__ == '__main__':
   from attention_jax import host_memory
   host_memory.reexec_with_huge_pages()

@@ -26,9 +26,11 @@ lacks), the final losses and the ratios.
 """
 
 # Before jax is imported: the allocator setting launch.py uses
-# (attention_jax/host_memory.py); not in a --baseline comparison's parent.
-from attention_jax import host_memory
-host_memory.reexec_with_huge_pages(unless_flag='--baseline')
+# (attention_jax/host_memory.py); not in a --baseline comparison's parent,
+# and only when run: importing this module must not restart the importer.
+if __name__ == '__main__':
+  from attention_jax import host_memory
+  host_memory.reexec_with_huge_pages(unless_flag='--baseline')
 
 # pylint: disable=wrong-import-position
 import functools

@@ -75,3 +75,17 @@ def test_the_unless_flag_keeps_the_process_as_it_is():
       [sys.executable, '-c', _PROGRAM, '--baseline=../old'],
       env=_clean_environment(), capture_output=True, text=True, check=True)
   assert out.stdout.split(' ', 2)[1] == 'None'
+
+
+@pytest.mark.parametrize('module', [
+    'benchmark_attention', 'benchmark_decode', 'benchmark_exact_attention',
+    'benchmark_forms', 'benchmark_step'])
+def test_importing_a_benchmark_leaves_the_importer_as_it_is(module):
+  # A benchmark re-executed itself at import: a test importing it would
+  # have restarted pytest. Each restarts only when run as a program.
+  code = (f'import os; import experiments.{module}; '
+          "print(os.environ.get('GLIBC_TUNABLES'))")
+  out = subprocess.run([sys.executable, '-c', code], cwd=REPO,
+                       env=_clean_environment(), capture_output=True,
+                       text=True, check=True)
+  assert out.stdout.strip().splitlines()[-1] == 'None'
