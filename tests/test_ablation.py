@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import jax
+import numpy as np
 import pytest
 import event_files
 import smoke_runs
@@ -19,6 +20,7 @@ from attention_jax.ablation import report
 from attention_jax.ablation import runner
 from attention_jax.ablation import study as study_lib
 from attention_jax.decode import bleu
+from attention_jax.diagnostics import answers
 from attention_jax.train import config_check
 
 _STUDY = '''\
@@ -382,6 +384,80 @@ def test_report_of_one_seed_a_side_resamples_no_seeds(tmp_path):
       pytest.approx(scores.chrf))
   assert summary['attention=linear']['bleu_signature'] == (
       scores.bleu_signature)
+
+
+def _finish_diagnostic_point(path, right_per_setting):
+  """A finished diagnostic point: per setting, 20 test sequences of 2
+  answers, of which the first `right` answers are right."""
+  settings = list(right_per_setting)
+  rows = []
+  for index, right in enumerate(right_per_setting.values()):
+    for sequence in range(20):
+      got = min(2, max(0, right - 2 * sequence))
+      rows.append((index, got, 2))
+  os.makedirs(os.path.join(path, 'answers'))
+  with open(os.path.join(path, 'answers', 'test.csv'), 'w') as f:
+    f.write(answers.to_csv(np.array(rows), settings))
+  results = {
+      'task': 'mqar', 'eval_loss': 0.5, 'steps': 10, 'num_params': 5,
+      'test_accuracy': sum(right_per_setting.values()) / (40 * len(settings)),
+      'test_sequence_accuracy': sum(r[1] == 2 for r in rows) / len(rows),
+      'accuracy_by_setting': {s: r / 40
+                              for s, r in right_per_setting.items()},
+  }
+  with open(os.path.join(path, 'results.json'), 'w') as f:
+    json.dump(results, f)
+
+
+def test_report_of_a_diagnostic_study_compares_answer_accuracy(tmp_path):
+  # The diagnostics study's points report answer accuracy and no BLEU; the
+  # report's table, significance and header were BLEU's (empty columns,
+  # sacrebleu signatures, no comparison).
+  study = study_lib.load(_write_study(
+      tmp_path, "study.grid({'attention': ('model.attention', "
+      "('softmax', 'linear', 'gla'))}, seeds=(0,))"))
+  workdir = str(tmp_path / 'study')
+  runner.write_manifest(study, workdir, [], 0)
+  short, long = 'length=16,items=2', 'length=32,items=2'
+  _finish_diagnostic_point(runner.point_dir(
+      workdir, study.point('attention=softmax/seed=0')), {short: 40, long: 40})
+  _finish_diagnostic_point(runner.point_dir(
+      workdir, study.point('attention=linear/seed=0')), {short: 40, long: 10})
+  text = report.write_report(workdir, num_samples=200)
+  assert 'BLEU' not in text and 'sacrebleu' not in text
+  assert '- Test sequences scored: 40 (20 of each of 2 settings).' in text
+  row = next(line for line in text.splitlines()
+             if line.startswith('| attention=linear |'))
+  cells = [c.strip() for c in row.split('|')[1:-1]]
+  # 50 of 80 answers right against 80 of 80; 25 of 40 sequences all right.
+  assert cells[2:4] == ['0.625 ± –', '0.625']
+  assert cells[4].startswith('-0.375 [')
+  assert float(cells[5]) < 0.05
+  assert cells[8] == '-0.375'
+  assert ('Resampling test sequences: significantly better: none; '
+          'significantly worse: attention=linear') in text
+  assert f'| attention=linear | 1.000 | 0.250 |' in text
+  # The point without a finished run is listed, not compared.
+  assert '| attention=gla | 0/1 | – ± – | – | – |' in text
+  assert os.path.exists(os.path.join(workdir, 'accuracy.png'))
+
+  # A point finished before answers/test.csv was written: its variant's
+  # mean stands, but a paired difference over the other seeds alone would
+  # not be the difference of the printed means, so it is not compared.
+  os.remove(os.path.join(runner.point_dir(
+      workdir, study.point('attention=linear/seed=0')), 'answers',
+      'test.csv'))
+  text = report.write_report(workdir, num_samples=10)
+  assert '| attention=linear | 1/1 | 0.625 ± – | 0.625 | – |' in text
+  assert ('attention=linear not compared: no per-sequence record '
+          '(translations/ or answers/) from attention=linear/seed=0.') in text
+
+  # A translation point in the same study is refused by name.
+  gla = study.point('attention=gla/seed=0')
+  _finish_scored_point(runner.point_dir(workdir, gla),
+                       runner.budgeted_config(study, gla, 0), ['a'], ['a'])
+  with pytest.raises(ValueError, match='one study per task'):
+    report.write_report(workdir, num_samples=10)
 
 
 def _run(flags, tmp_path, name) -> str:

@@ -9,6 +9,7 @@ import pytest
 
 from attention_jax import attention
 from attention_jax import sharding
+from attention_jax.diagnostics import answers
 from attention_jax.diagnostics import recall
 from attention_jax.diagnostics import selective_copy
 from attention_jax.diagnostics import tasks
@@ -155,3 +156,47 @@ def test_training_resumes_and_reports_accuracy(tmp_path):
   assert set(resumed['accuracy_by_pairs']) == {'2', '4'}
   assert set(resumed['accuracy_by_setting']) == {
       f'length={n},items={d}' for n in (16, 32) for d in (2, 4)}
+  # Each test sequence's answers, which the study report resamples, sum to
+  # the reported accuracies.
+  settings, right_asked = answers.read(
+      str(tmp_path / 'resumed' / 'answers' / 'test.csv'))
+  assert len(settings) == 4 * config.data.test_examples
+  right, asked = right_asked.sum(0)
+  assert right / asked == pytest.approx(resumed['test_accuracy'])
+  for name, accuracy in resumed['accuracy_by_setting'].items():
+    rows = right_asked[[s == name for s in settings]]
+    assert rows[:, 0].sum() / rows[:, 1].sum() == pytest.approx(accuracy)
+
+
+def test_each_process_feeds_its_rows_and_counts_the_whole_batch(
+    monkeypatch):
+  """With two processes each feeds its half of every evaluation batch, and
+  the evaluation's per-row sums come back for the whole batch: the counts
+  must read the whole batch's settings (the first half's did not match)."""
+  config = _config(lengths=(16, 32), num_items=(2,), test_examples=5,
+                   valid_examples=5)
+  config.batch_size = 4
+  task = DiagnosticTask(config)
+  whole = tasks.eval_batches(task._task, config.data, 'test', 5, 4)
+  fed = []
+
+  def to_global(local, mesh):
+    del mesh
+    fed.append(local)
+    return len(fed) - 1
+
+  def eval_fn(params, index):
+    del params
+    # What the replicated sums of the whole batch would be: every answer
+    # right except in rows of the first setting.
+    batch = whole[index % len(whole)]
+    asked = batch['weights'].sum(-1)
+    return {'nll': np.zeros(4), 'answers': asked,
+            'correct': np.where(batch['setting'] == 0, 0.0, asked)}
+
+  monkeypatch.setattr(sharding, 'to_global', to_global)
+  task.prepare_eval(None, slice(0, 2))
+  scores = task._scores(eval_fn, None, 'test')
+  assert all(len(v) == 2 for batch in fed for v in batch.values())
+  assert scores['by_setting'].tolist() == [0.0, 1.0]
+  assert len(scores['sequences']) == 10

@@ -69,6 +69,30 @@ def test_bootstrap_matches_the_hand_computed_distribution():
   assert result.p_value == pytest.approx(0.5, abs=0.02)
 
 
+def test_answer_accuracy_is_resampled_as_a_ratio_of_sums():
+  """A diagnostic task's sequences: (answers right, answers asked).
+
+  Sequence 0 asks 1 answer and sequence 1 asks 3. The baseline gets every
+  answer of sequence 1 only: 3/4 overall; the variant every answer: 1. On
+  resamples {0, 0}, {0, 1}, {1, 1} (probabilities 1/4, 1/2, 1/4) the
+  baseline scores 0, 3/4 and 1 (a ratio of sums, not a mean of sequence
+  accuracies), the variant always 1: differences 1, 1/4, 0 around the
+  observed 1/4, and |d - 1/4| >= 1/4 with probability 1/4 + 1/4.
+  """
+  baseline = np.array([[0, 1], [3, 3]])
+  variant = np.array([[1, 1], [3, 3]])
+  result = significance.paired_bootstrap(
+      baseline, variant, num_samples=8000,
+      score=significance.accuracy_from_stats)
+  assert result.difference == pytest.approx(0.25)
+  assert result.ci_low == pytest.approx(0.0)
+  assert result.ci_high == pytest.approx(1.0)
+  assert result.p_value == pytest.approx(0.5, abs=0.02)
+  same = significance.paired_bootstrap(
+      baseline, baseline, score=significance.accuracy_from_stats)
+  assert (same.difference, same.p_value) == (0.0, 1.0)
+
+
 def test_identical_systems_are_not_significantly_different():
   stats = significance.sentence_stats(_system(0.7, 1), REFERENCES)
   result = significance.paired_bootstrap(stats, stats)

@@ -71,15 +71,21 @@ def valid_loss(path: str, records) -> bool:
 
 def bleu(path: str, rows: list[dict], baseline: str) -> bool:
   """Mean test BLEU per variant with a standard-deviation bar."""
+  return per_variant(path, rows, baseline, 'test_bleu', 'test BLEU')
+
+
+def per_variant(path: str, rows: list[dict], baseline: str, key: str,
+                label: str) -> bool:
+  """Bars of rows' `key`_mean per variant, `key`_std as error bars."""
   plt = pyplot()
-  rows = [r for r in rows if not math.isnan(r['test_bleu_mean'])]
+  rows = [r for r in rows if not math.isnan(r[f'{key}_mean'])]
   if not rows:
     return False
   fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(rows) + 2), 4.5))
   x = np.arange(len(rows))
   ax.bar(
-      x, [r['test_bleu_mean'] for r in rows],
-      yerr=[0 if math.isnan(r['test_bleu_std']) else r['test_bleu_std']
+      x, [r[f'{key}_mean'] for r in rows],
+      yerr=[0 if math.isnan(r[f'{key}_std']) else r[f'{key}_std']
             for r in rows],
       capsize=4,
       color=['tab:gray' if r['variant'] == baseline else 'tab:blue'
@@ -87,8 +93,8 @@ def bleu(path: str, rows: list[dict], baseline: str) -> bool:
   )
   ax.set_xticks(x, [r['variant'] for r in rows], rotation=35, ha='right',
                 fontsize=8)
-  ax.set_ylabel('test BLEU')
-  ax.set_title('Test BLEU per variant: mean ± std over seeds '
+  ax.set_ylabel(label)
+  ax.set_title(f'{label.capitalize()} per variant: mean ± std over seeds '
                '(grey: baseline)')
   fig.tight_layout()
   fig.savefig(path, dpi=120)

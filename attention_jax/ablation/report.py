@@ -4,7 +4,9 @@
 
 reads DIR/study.json and whatever its points have written, so it runs on a
 finished, a partial or a shared multi-machine workdir alike. It imports no
-JAX.
+JAX. Points are compared by the figure their task reports (ablation/
+headline.py): corpus BLEU over test sentences for translation, answer
+accuracy over test sequences for the diagnostic tasks.
 """
 
 import csv
@@ -21,11 +23,13 @@ import numpy as np
 
 from attention_jax import run_records
 from attention_jax.ablation import attention_heads
+from attention_jax.ablation import headline as headline_lib
 from attention_jax.ablation import plots
 from attention_jax.ablation import report_text
 from attention_jax.ablation import runner
 from attention_jax.ablation import significance
 from attention_jax.ablation import study as study_lib
+from attention_jax.diagnostics import answers
 
 
 
@@ -40,8 +44,13 @@ class PointRecord:
   error: str
   wall_seconds: float
   valid_loss: list[tuple[int, float]]
+  # Per test item, the statistics its figure is summed from: BLEU's
+  # [sentences, significance.NUM_STATS], or [sequences, 2] answers right
+  # and asked; and what each item was scored against: the reference
+  # sentence, or a diagnostic sequence's setting. None where the point left
+  # neither translations/ nor answers/.
   test_stats: np.ndarray | None
-  test_references: list[str] | None
+  test_items: list[str] | None
   # The point directory of another study this one was copied from, if any.
   reused_from: str
 
@@ -77,13 +86,17 @@ def read_point(workdir: str, entry: dict) -> PointRecord:
       not valid_loss or valid_loss[-1][0] != results['steps']):
     # The final evaluation's loss ends the curve.
     valid_loss.append((results['steps'], results['eval_loss']))
-  stats = None
+  stats, items = None, None
   hypotheses = _read_lines(os.path.join(path, 'translations', 'test.txt'))
   references = _read_lines(
       os.path.join(path, 'translations', 'test_references.txt')
   )
+  answers_path = os.path.join(path, 'answers', 'test.csv')
   if state == runner.DONE and hypotheses is not None and references:
-    stats = significance.sentence_stats(hypotheses, references)
+    stats, items = significance.sentence_stats(hypotheses, references), (
+        references)
+  elif state == runner.DONE and os.path.exists(answers_path):
+    items, stats = answers.read(answers_path)
   reused_from = ''
   if os.path.exists(os.path.join(path, 'reused.json')):
     try:
@@ -92,7 +105,7 @@ def read_point(workdir: str, entry: dict) -> PointRecord:
     except run_records.DamagedRecordError:
       reused_from = '(reused.json damaged)'
   return PointRecord(point.name, point.variant, point.seed, state, results,
-                     error, wall, valid_loss, stats, references, reused_from)
+                     error, wall, valid_loss, stats, items, reused_from)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -106,22 +119,35 @@ def _std(values: Sequence[float]) -> float:
 
 
 def summarise(records: list[PointRecord], baseline: str,
-              num_samples: int = 1000) -> list[dict[str, Any]]:
-  """One row per variant, in sweep order."""
+              num_samples: int = 1000,
+              figure: headline_lib.Headline = headline_lib.BLEU,
+              ) -> list[dict[str, Any]]:
+  """One row per variant, in sweep order; the difference to the baseline,
+  its interval and p-values, and the gap to the best are of `figure`."""
   variants = list(dict.fromkeys(r.variant for r in records))
   by_variant = {v: [r for r in records if r.variant == v] for v in variants}
 
   def stats_of(variant):
-    done = [r for r in by_variant[variant] if r.test_stats is not None]
-    return np.stack([r.test_stats for r in done]) if done else None
+    """[seeds, items, stats] of every finished seed; None where a finished
+    seed left no per-item record (then its mean and the paired difference
+    would cover different seeds) or none finished."""
+    done = [r for r in by_variant[variant] if r.status == runner.DONE]
+    if not done or any(r.test_stats is None for r in done):
+      return None
+    return np.stack([r.test_stats for r in done])
 
-  references = {tuple(r.test_references) for r in records
-                if r.test_references is not None}
-  if len(references) > 1:
+  def unscored(variant):
+    return [r.name for r in by_variant[variant]
+            if r.status == runner.DONE and r.test_stats is None]
+
+  test_sets = {tuple(r.test_items) for r in records
+               if r.test_items is not None}
+  if len(test_sets) > 1:
     raise ValueError(
         'The finished points were tested on different test sets (their '
-        'translations/test_references.txt differ); a paired comparison needs '
-        'one test set. Rerun the odd points with the same data config.'
+        'translations/test_references.txt, or the settings of their '
+        'answers/test.csv, differ); a paired comparison needs one test set. '
+        'Rerun the odd points with the same data config.'
     )
   baseline_stats = stats_of(baseline)
   rows = []
@@ -131,6 +157,8 @@ def summarise(records: list[PointRecord], baseline: str,
     bleu = [r.results['test_bleu'] for r in done if 'test_bleu' in r.results]
     accuracy = [r.results['test_accuracy'] for r in done
                 if 'test_accuracy' in r.results]
+    sequences_right = [r.results['test_sequence_accuracy'] for r in done
+                       if 'test_sequence_accuracy' in r.results]
     # Results written before chrF was scored lack it.
     chrf = [r.results['test_chrf'] for r in done if 'test_chrf' in r.results]
     row = {
@@ -143,6 +171,7 @@ def summarise(records: list[PointRecord], baseline: str,
         'test_chrf_std': _std(chrf),
         'test_accuracy_mean': _mean(accuracy),
         'test_accuracy_std': _std(accuracy),
+        'test_sequence_accuracy_mean': _mean(sequences_right),
         'bleu_signature': report_text.signatures(
             done, 'test_bleu_signature'),
         'chrf_signature': report_text.signatures(
@@ -162,22 +191,30 @@ def summarise(records: list[PointRecord], baseline: str,
         'p_value': math.nan, 'seeds_ci_low': math.nan,
         'seeds_ci_high': math.nan, 'seeds_p_value': math.nan,
         'seeds_not_resampled': '',
+        'not_compared': '',
     }
     variant_stats = stats_of(variant)
+    missing = unscored(variant) + (
+        unscored(baseline) if variant != baseline else [])
+    if missing and variant != baseline:
+      row['not_compared'] = (
+          f'no per-{figure.items[:-1]} record (translations/ or answers/) '
+          f'from {", ".join(missing)}')
     if (variant != baseline and variant_stats is not None
         and baseline_stats is not None):
       comparison = significance.paired_bootstrap(
-          baseline_stats, variant_stats, num_samples
+          baseline_stats, variant_stats, num_samples, score=figure.score
       )
       row.update({k: v for k, v in dataclasses.asdict(comparison).items()
                   if k in row})
       row['seeds_not_resampled'] = _too_few_seeds(
           len(baseline_stats), len(variant_stats))
     rows.append(row)
-  best = max((r['test_bleu_mean'] for r in rows
-              if not math.isnan(r['test_bleu_mean'])), default=math.nan)
+  mean = f'{figure.key}_mean'
+  best = max((r[mean] for r in rows if not math.isnan(r[mean])),
+             default=math.nan)
   for row in rows:
-    row['gap_to_best'] = row['test_bleu_mean'] - best
+    row['gap_to_best'] = row[mean] - best
   return rows
 
 
@@ -225,7 +262,9 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
   )
   records = [read_point(workdir, e) for e in manifest['points']]
   baseline = manifest['baseline']
-  rows = summarise(records, baseline, num_samples)
+  figure = headline_lib.of_study(
+      [r.results for r in records if r.status == runner.DONE])
+  rows = summarise(records, baseline, num_samples, figure)
 
   point_rows = []
   for r in records:
@@ -246,6 +285,10 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
         ('Validation loss against training steps', 'valid_loss.png'))
   if plots.bleu(os.path.join(workdir, 'bleu.png'), rows, baseline):
     figures.append(('Test BLEU per variant', 'bleu.png'))
+  if figure is headline_lib.ACCURACY and plots.per_variant(
+      os.path.join(workdir, 'accuracy.png'), rows, baseline,
+      'test_accuracy', 'test answer accuracy'):
+    figures.append(('Test answer accuracy per variant', 'accuracy.png'))
   if plots.accuracy_by(os.path.join(workdir, 'accuracy_by_length.png'),
                        records, 'length'):
     figures.append(('Test answer accuracy against sequence length',
@@ -301,40 +344,17 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
          'finished in another study, copied from there; their wall time is '
          'the original run\'s, included above).'] if reused else []),
       f'- Baseline: `{baseline}`.',
-      f'- Test sentences scored: '
-      f'{report_text.test_sentences_text(records, base_config)}.',
-      f'- sacrebleu signatures: BLEU '
-      f'{report_text.signature_text(records, "test_bleu_signature")}; chrF '
-      f'{report_text.signature_text(records, "test_chrf_signature")}.',
+      *_test_set_lines(records, base_config, figure),
       '- Parameters evaluated: '
       f'{report_text.evaluated_parameters_text(records)}.',
       '',
       '## Results',
       '',
-      report_text.markdown_table(rows, baseline, memory_kind),
-      report_text.significance_text(rows, baseline),
+      report_text.markdown_table(rows, baseline, memory_kind, figure),
+      report_text.significance_text(rows, baseline, figure),
       '',
-      *report_text.accuracy_lines(rows),
-      'Test BLEU and chrF are sacrebleu\'s corpus BLEU and chrF (chrF2) on '
-      'the test sentences scored (above), after the tokenizer\'s '
-      'normalisation of both sides (attention_jax/decode/bleu.py; '
-      'signatures above); mean ± sample standard deviation over the '
-      'finished seeds. Δ is the variant\'s '
-      'mean BLEU minus the baseline\'s; its 95% interval (2.5th to 97.5th '
-      f'percentile) and p-value come from {num_samples} paired bootstrap '
-      'resamples of the test sentences, each resample scoring every seed of '
-      'both sides on the same sentences (attention_jax/ablation/'
-      'significance.py). That interval covers test-set sampling only; the '
-      '"seeds resampled too" interval and p-value also draw each side\'s '
-      'seeds with replacement, adding the spread of training runs (a rough '
-      'allowance with few seeds; n/a where a side has fewer than '
-      f'{significance.MIN_SEEDS} finished seeds, as one seed resamples '
-      'nothing). "vs best" is the gap to the best mean. '
-      'Valid loss is the token-level NLL on the whole validation split after '
-      'training; train tok/s counts target tokens; decode tok/s counts '
-      'output pieces of the test translation (beam search); peak memory is '
-      f'{memory_kind} of the training process; wall s/point includes start-'
-      'up, compilation and evaluation.',
+      *report_text.accuracy_by_setting_lines(records),
+      _explanation(figure, num_samples, memory_kind),
       '',
   ]
   if manifest.get('reference'):
@@ -367,11 +387,76 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
   return text
 
 
+def _test_set_lines(records: list[PointRecord], base_config: dict,
+                    figure: headline_lib.Headline) -> list[str]:
+  """The header's lines on what the points were scored on."""
+  if figure is headline_lib.ACCURACY:
+    return [f'- Test sequences scored: '
+            f'{report_text.test_sequences_text(records)}.']
+  return [
+      f'- Test sentences scored: '
+      f'{report_text.test_sentences_text(records, base_config)}.',
+      f'- sacrebleu signatures: BLEU '
+      f'{report_text.signature_text(records, "test_bleu_signature")}; chrF '
+      f'{report_text.signature_text(records, "test_chrf_signature")}.',
+  ]
+
+
+def _explanation(figure: headline_lib.Headline, num_samples: int,
+                 memory_kind: str) -> str:
+  """What the results table's columns are and where they come from."""
+  if figure is headline_lib.ACCURACY:
+    scored = (
+        'Test answer accuracy is the share of the answer positions of the '
+        'test sequences (every length and item count of the data config, '
+        'the same sequences for every point) predicted exactly, '
+        '"sequences right" the share of sequences with every answer right '
+        '(attention_jax/train/diagnostic_task.py); mean ± sample standard '
+        'deviation over the finished seeds. Δ is the variant\'s mean '
+        'accuracy minus the baseline\'s, in accuracy (0-1); its 95% '
+        'interval (2.5th to 97.5th percentile) and p-value come from '
+        f'{num_samples} paired bootstrap resamples of the test sequences '
+        '(each point\'s answers/test.csv), each resample scoring every seed '
+        'of both sides on the same sequences (attention_jax/ablation/'
+        'significance.py).')
+    costs = ('Valid loss is the NLL of the answer tokens on the validation '
+             'sequences after training; train tok/s counts the tokens of '
+             'the training sequences.')
+  else:
+    scored = (
+        'Test BLEU and chrF are sacrebleu\'s corpus BLEU and chrF (chrF2) '
+        'on the test sentences scored (above), after the tokenizer\'s '
+        'normalisation of both sides (attention_jax/decode/bleu.py; '
+        'signatures above); mean ± sample standard deviation over the '
+        'finished seeds. Δ is the variant\'s mean BLEU minus the '
+        'baseline\'s; its 95% interval (2.5th to 97.5th percentile) and '
+        f'p-value come from {num_samples} paired bootstrap resamples of the '
+        'test sentences, each resample scoring every seed of both sides on '
+        'the same sentences (attention_jax/ablation/significance.py).')
+    costs = ('Valid loss is the token-level NLL on the whole validation '
+             'split after training; train tok/s counts target tokens; decode '
+             'tok/s counts output pieces of the test translation (beam '
+             'search).')
+  return (
+      f'{scored} That interval covers test-set sampling only; the "seeds '
+      'resampled too" interval and p-value also draw each side\'s seeds with '
+      'replacement, adding the spread of training runs (a rough allowance '
+      'with few seeds; n/a where a side has fewer than '
+      f'{significance.MIN_SEEDS} finished seeds, as one seed resamples '
+      'nothing). "vs best" is the gap to the best mean. Where a finished '
+      f'point of either side left no per-{figure.items[:-1]} record, the '
+      'variant is not compared (named under the table). '
+      f'{costs} Peak memory is {memory_kind} of the training process; wall '
+      's/point includes start-up, compilation and evaluation.')
+
+
 def main(argv):
   del argv
   try:
     write_report(flags.FLAGS.workdir, flags.FLAGS.bootstrap_samples)
-  except (FileNotFoundError, run_records.DamagedRecordError) as e:
+  except (FileNotFoundError, ValueError) as e:
+    # Not a study workdir, a damaged record, or points that cannot be
+    # compared (different test sets or tasks): the message names the fix.
     raise app.UsageError(str(e)) from None
 
 

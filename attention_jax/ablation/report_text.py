@@ -5,6 +5,9 @@ report.PointRecord; rows are report.summarise's.
 
 import math
 
+import numpy as np
+
+from attention_jax.ablation import headline as headline_lib
 from attention_jax.ablation import runner
 from attention_jax.ablation import significance
 
@@ -28,17 +31,26 @@ def fmt_int(value: float) -> str:
   return '–' if value is None or math.isnan(value) else f'{value:,.0f}'
 
 
-def markdown_table(rows: list[dict], baseline: str, memory_kind: str) -> str:
-  """The results table: one row per variant, BLEU/chrF, the paired
-  bootstrap's difference to the baseline, costs."""
-  head = (
-      '| variant | seeds | test BLEU (mean ± std) | test chrF (mean ± std) '
-      '| Δ BLEU vs baseline [95% CI] '
-      '| p | 95% CI, seeds resampled too | p, seeds too | vs best '
-      '| valid loss | steps | params | train tok/s | '
-      f'peak memory MiB ({memory_kind}) | decode tok/s | wall s/point |\n'
-      + '|---' * 16 + '|\n'
-  )
+def markdown_table(rows: list[dict], baseline: str, memory_kind: str,
+                   figure: headline_lib.Headline = headline_lib.BLEU) -> str:
+  """The results table: one row per variant, the study's figure (BLEU and
+  chrF, or answer accuracy and sequences right), the paired bootstrap's
+  difference to the baseline, costs."""
+  digits = figure.digits
+  accuracy = figure is headline_lib.ACCURACY
+  if accuracy:
+    scores = ('test answer accuracy (mean ± std)', 'sequences right (mean)',
+              'Δ accuracy vs baseline [95% CI]')
+  else:
+    scores = ('test BLEU (mean ± std)', 'test chrF (mean ± std)',
+              'Δ BLEU vs baseline [95% CI]')
+  costs = ('valid loss', 'steps', 'params', 'train tok/s',
+           f'peak memory MiB ({memory_kind})',
+           *(() if accuracy else ('decode tok/s',)), 'wall s/point')
+  columns = ('variant', 'seeds', *scores, 'p', '95% CI, seeds resampled too',
+             'p, seeds too', 'vs best', *costs)
+  head = ('| ' + ' | '.join(columns) + ' |\n' + '|---' * len(columns)
+          + '|\n')
   lines = []
   for r in rows:
     if r['variant'] == baseline:
@@ -46,42 +58,55 @@ def markdown_table(rows: list[dict], baseline: str, memory_kind: str) -> str:
     elif math.isnan(r['difference']):
       delta, p, seeds_ci, seeds_p = '–', '–', '–', '–'
     else:
-      delta = (f'{r["difference"]:+.2f} [{r["ci_low"]:+.2f}, '
-               f'{r["ci_high"]:+.2f}]')
+      delta = (f'{r["difference"]:+.{digits}f} [{r["ci_low"]:+.{digits}f}, '
+               f'{r["ci_high"]:+.{digits}f}]')
       p = f'{r["p_value"]:.3f}'
       if r['seeds_not_resampled']:
         seeds_ci, seeds_p = f'n/a: {r["seeds_not_resampled"]}', 'n/a'
       else:
-        seeds_ci = (f'[{r["seeds_ci_low"]:+.2f}, '
-                    f'{r["seeds_ci_high"]:+.2f}]')
+        seeds_ci = (f'[{r["seeds_ci_low"]:+.{digits}f}, '
+                    f'{r["seeds_ci_high"]:+.{digits}f}]')
         seeds_p = f'{r["seeds_p_value"]:.3f}'
-    lines.append(
-        f'| {r["variant"]} | {r["finished"]}/{r["points"]} '
-        f'| {fmt(r["test_bleu_mean"])} ± {fmt(r["test_bleu_std"])} '
-        f'| {fmt(r["test_chrf_mean"])} ± {fmt(r["test_chrf_std"])} '
-        f'| {delta} | {p} | {seeds_ci} | {seeds_p} '
-        f'| {fmt(r["gap_to_best"])} '
-        f'| {fmt(r["valid_loss"], 3)} | {fmt_int(r["steps"])} '
-        f'| {fmt_int(r["num_params"])} '
-        f'| {fmt_int(r["train_tokens_per_sec"])} '
-        f'| {fmt_int(r["peak_memory_mib"])} '
-        f'| {fmt_int(r["decode_tokens_per_sec"])} '
-        f'| {fmt_int(r["wall_seconds"])} |'
-    )
+    if accuracy:
+      score_cells = (
+          f'{fmt(r["test_accuracy_mean"], 3)} ± '
+          f'{fmt(r["test_accuracy_std"], 3)}',
+          fmt(r['test_sequence_accuracy_mean'], 3))
+    else:
+      score_cells = (
+          f'{fmt(r["test_bleu_mean"])} ± {fmt(r["test_bleu_std"])}',
+          f'{fmt(r["test_chrf_mean"])} ± {fmt(r["test_chrf_std"])}')
+    cells = (
+        r['variant'], f'{r["finished"]}/{r["points"]}', *score_cells,
+        delta, p, seeds_ci, seeds_p, fmt(r['gap_to_best'], digits),
+        fmt(r['valid_loss'], 3), fmt_int(r['steps']),
+        fmt_int(r['num_params']), fmt_int(r['train_tokens_per_sec']),
+        fmt_int(r['peak_memory_mib']),
+        *(() if accuracy else (fmt_int(r['decode_tokens_per_sec']),)),
+        fmt_int(r['wall_seconds']))
+    lines.append('| ' + ' | '.join(cells) + ' |')
   return head + '\n'.join(lines) + '\n'
 
 
-def significance_text(rows: list[dict], baseline: str) -> str:
+def significance_text(
+    rows: list[dict], baseline: str,
+    figure: headline_lib.Headline = headline_lib.BLEU) -> str:
   """Which variants differ from the baseline at significance.LEVEL, by
-  resampling sentences and by resampling sentences and seeds."""
+  resampling the test items (sentences or sequences) and by resampling
+  them and the seeds."""
   compared = [r for r in rows
               if r['variant'] != baseline and not math.isnan(r['p_value'])]
+  not_compared = ' '.join(
+      f'{r["variant"]} not compared: {r["not_compared"]}.' for r in rows
+      if r['not_compared'])
   if not compared:
-    return 'No variant could be compared with the baseline.'
+    return ' '.join(filter(None, (
+        'No variant could be compared with the baseline.', not_compared)))
   parts = [f'Of {len(compared)} variants compared with `{baseline}` at '
            f'p < {significance.LEVEL}:']
-  for key, how in (('p_value', 'resampling test sentences'),
-                   ('seeds_p_value', 'resampling test sentences and seeds')):
+  for key, how in (('p_value', f'resampling test {figure.items}'),
+                   ('seeds_p_value',
+                    f'resampling test {figure.items} and seeds')):
     if key == 'seeds_p_value':
       skipped = [r for r in compared if r['seeds_not_resampled']]
       compared = [r for r in compared if not r['seeds_not_resampled']]
@@ -105,14 +130,14 @@ def significance_text(rows: list[dict], baseline: str) -> str:
         f'significantly worse: {", ".join(worse) or "none"}; '
         f'not significantly different: {", ".join(same) or "none"}.'
     )
-  return ' '.join(parts)
+  return ' '.join(filter(None, (*parts, not_compared)))
 
 
 def test_sentences_text(records: list,
                          base_config: dict) -> str:
   """How many test sentences the finished points were scored on."""
-  counts = {len(r.test_references) for r in records
-            if r.test_references is not None}
+  counts = {len(r.test_items) for r in records
+            if r.test_items is not None}
   if not counts:
     return ('unknown: no finished point left '
             'translations/test_references.txt')
@@ -154,20 +179,39 @@ def evaluated_parameters_text(records: list) -> str:
           + (f'; the last checkpoint for the other {last}' if last else ''))
 
 
-def accuracy_lines(rows: list[dict]) -> list[str]:
-  """The table of a diagnostic study's test accuracy; none elsewhere."""
-  rows = [r for r in rows if not math.isnan(r['test_accuracy_mean'])]
-  if not rows:
+def test_sequences_text(records: list) -> str:
+  """How many test sequences a diagnostic study's points were scored on,
+  per setting."""
+  items = next((r.test_items for r in records if r.test_items is not None),
+               None)
+  if items is None:
+    return 'unknown: no finished point left answers/test.csv'
+  # summarise() has refused differing test sets, so the first tells.
+  settings = dict.fromkeys(items)
+  per_setting = {items.count(s) for s in settings}
+  each = (f'{per_setting.pop():,} of each' if len(per_setting) == 1
+          else 'per setting: ' + ', '.join(
+              f'{s} {items.count(s):,}' for s in settings))
+  return f'{len(items):,} ({each} of {len(settings)} settings)'
+
+
+def accuracy_by_setting_lines(records: list) -> list[str]:
+  """A diagnostic study's test answer accuracy per variant and setting
+  (length, item count), mean over the finished seeds; none elsewhere."""
+  done = [r for r in records if r.status == runner.DONE
+          and 'accuracy_by_setting' in r.results]
+  if not done:
     return []
-  return [
-      '| variant | seeds | test answer accuracy (mean ± std) |',
-      '|---|---|---|',
-      *(f'| {r["variant"]} | {r["finished"]}/{r["points"]} '
-        f'| {fmt(r["test_accuracy_mean"], 3)} ± '
-        f'{fmt(r["test_accuracy_std"], 3)} |' for r in rows),
-      '',
-      'Answer accuracy: the share of answer positions of the test sequences '
-      'predicted exactly, over every setting (attention_jax/train/'
-      'diagnostic_task.py); per setting in each point\'s results.json.',
-      '',
-  ]
+  settings = list(dict.fromkeys(
+      s for r in done for s in r.results['accuracy_by_setting']))
+  lines = ['Test answer accuracy per setting (mean over finished seeds):',
+           '',
+           '| variant | ' + ' | '.join(settings) + ' |',
+           '|---' * (len(settings) + 1) + '|']
+  for variant in dict.fromkeys(r.variant for r in done):
+    by_setting = [r.results['accuracy_by_setting'] for r in done
+                  if r.variant == variant]
+    cells = [fmt(float(np.mean([b[s] for b in by_setting if s in b])), 3)
+             if any(s in b for b in by_setting) else '–' for s in settings]
+    lines.append(f'| {variant} | ' + ' | '.join(cells) + ' |')
+  return lines + ['']

@@ -39,6 +39,7 @@ import ml_collections
 
 from attention_jax import progress
 from attention_jax import run_records
+from attention_jax.ablation import headline as headline_lib
 from attention_jax.ablation import hparams
 from attention_jax.ablation import study as study_lib
 from attention_jax.train import workdir_lock
@@ -327,11 +328,10 @@ def run_study(study: study_lib.Study, workdir: str, config_args: list[str],
 def headline(results: dict) -> str:
   """A point's main test figure, for the log: BLEU for translation, answer
   accuracy for the diagnostic tasks (which have no BLEU)."""
-  if 'test_bleu' in results:
-    return f"test BLEU {results['test_bleu']:.2f}"
-  if 'test_accuracy' in results:
-    return f"test answer accuracy {results['test_accuracy']:.3f}"
-  return 'no test figure in results.json'
+  figure = headline_lib.of_results(results)
+  if figure is None:
+    return 'no test figure in results.json'
+  return figure.format(results[figure.key])
 
 
 def _write_hparams(path: str, point: study_lib.Point) -> None:

@@ -1,4 +1,5 @@
-"""Paired bootstrap resampling of corpus BLEU over test sentences.
+"""Paired bootstrap resampling of corpus BLEU over test sentences (and of
+answer accuracy over the test sequences of a diagnostic task).
 
 BLEU is not an average of sentence scores, so resampling works on each
 sentence's sufficient statistics (n-gram matches and totals, hypothesis and
@@ -22,12 +23,16 @@ counts |d_i| - mean|d_i| > |d|, one tail with a strict `>`. The two agree
 where the resampled difference keeps its sign and the systems clearly differ;
 for near-identical systems they part: identical translations get
 p = 1 / (1 + samples) from sacrebleu and p = 1 here.
+
+Answer accuracy is resampled the same way: its per-sequence statistics are
+(answers right, answers asked), and a resample's accuracy is the ratio of
+the sums (`accuracy_from_stats`), the figure the diagnostic task reports.
 """
 
 import collections
 import dataclasses
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from sacrebleu.tokenizers import tokenizer_13a
@@ -103,6 +108,13 @@ def bleu_from_stats(totals: np.ndarray) -> np.ndarray:
   return np.where(hyp_len > 0, bleu, 0.0)
 
 
+def accuracy_from_stats(totals: np.ndarray) -> np.ndarray:
+  """Answer accuracy (0-1) of summed `[..., 2]` (right, asked) statistics;
+  0 where nothing was asked."""
+  totals = np.asarray(totals, np.float64)
+  return totals[..., 0] / np.maximum(totals[..., 1], 1.0)
+
+
 def resample_indices(
     num_sentences: int, num_samples: int, seed: int
 ) -> np.ndarray:
@@ -115,7 +127,8 @@ def resample_indices(
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-  """A variant's mean BLEU over seeds minus the baseline's."""
+  """A variant's mean score (BLEU, or answer accuracy) over seeds minus the
+  baseline's."""
   difference: float
   # Test sentences resampled: the uncertainty of the test set.
   ci_low: float
@@ -134,21 +147,23 @@ class Comparison:
 MIN_SEEDS = 2
 
 
-def _resampled_bleu(stats: np.ndarray, draws: np.ndarray) -> np.ndarray:
-  """[seeds, samples] corpus BLEU of each seed on each resample.
+def _resampled_scores(stats: np.ndarray, draws: np.ndarray,
+                      score: Callable[[np.ndarray], np.ndarray]
+                      ) -> np.ndarray:
+  """[seeds, samples] score of each seed on each resample.
 
   `draws[i, j]` is how often resample i drew sentence j, so a resample's
   summed statistics are one matrix product.
   """
-  return np.stack([bleu_from_stats(draws @ s) for s in stats])
+  return np.stack([score(draws @ s) for s in stats])
 
 
-def _seed_resampled_mean(bleu: np.ndarray, rng: np.random.Generator
+def _seed_resampled_mean(scores: np.ndarray, rng: np.random.Generator
                          ) -> np.ndarray:
   """[samples] mean over seeds drawn with replacement, per resample."""
-  num_seeds, num_samples = bleu.shape
+  num_seeds, num_samples = scores.shape
   picks = rng.integers(0, num_seeds, size=(num_samples, num_seeds))
-  return np.take_along_axis(bleu.T, picks, axis=1).mean(axis=1)
+  return np.take_along_axis(scores.T, picks, axis=1).mean(axis=1)
 
 
 def _interval_and_p(differences: np.ndarray, observed: float):
@@ -163,11 +178,16 @@ def paired_bootstrap(
     variant: np.ndarray,
     num_samples: int = 1000,
     seed: int = 12345,
+    score: Callable[[np.ndarray], np.ndarray] = bleu_from_stats,
 ) -> Comparison:
-  """Compares two systems' statistics `[seeds, sentences, NUM_STATS]`.
+  """Compares two systems' statistics `[seeds, sentences, stats]`.
+
+  `score` turns summed statistics `[..., stats]` into the corpus score:
+  `bleu_from_stats` (NUM_STATS columns, the default) or
+  `accuracy_from_stats` (2 columns, a diagnostic task's test sequences).
 
   Returns:
-    The observed difference of mean BLEU (variant - baseline), its 95%
+    The observed difference of mean score (variant - baseline), its 95%
     percentile interval over the resamples, and the p-value of the null
     hypothesis that the two are equally good; both once with the test
     sentences resampled, and once with each side's seeds resampled as well
@@ -185,24 +205,24 @@ def paired_bootstrap(
         f'sentences, variant {variant.shape[1]}.'
     )
   observed = float(
-      np.mean(bleu_from_stats(variant.sum(axis=1)))
-      - np.mean(bleu_from_stats(baseline.sum(axis=1)))
+      np.mean(score(variant.sum(axis=1)))
+      - np.mean(score(baseline.sum(axis=1)))
   )
   indices = resample_indices(baseline.shape[1], num_samples, seed)
   draws = np.zeros((num_samples, baseline.shape[1]))
   np.add.at(draws, (np.arange(num_samples)[:, None], indices), 1.0)
-  variant_bleu = _resampled_bleu(variant, draws)
-  baseline_bleu = _resampled_bleu(baseline, draws)
+  variant_scores = _resampled_scores(variant, draws, score)
+  baseline_scores = _resampled_scores(baseline, draws, score)
   sentences = _interval_and_p(
-      variant_bleu.mean(0) - baseline_bleu.mean(0), observed
+      variant_scores.mean(0) - baseline_scores.mean(0), observed
   )
   if min(len(baseline), len(variant)) < MIN_SEEDS:
     seeds = (math.nan, math.nan, math.nan)
   else:
     rng = np.random.default_rng(seed + 1)
     seeds = _interval_and_p(
-        _seed_resampled_mean(variant_bleu, rng)
-        - _seed_resampled_mean(baseline_bleu, rng),
+        _seed_resampled_mean(variant_scores, rng)
+        - _seed_resampled_mean(baseline_scores, rng),
         observed,
     )
   return Comparison(observed, *sentences, *seeds, num_samples)

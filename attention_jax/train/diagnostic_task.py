@@ -8,13 +8,16 @@ count) setting of config.data.
 """
 
 import math
+import os
 
 import jax
 import ml_collections
 import numpy as np
 
 from attention_jax import progress
+from attention_jax import run_records
 from attention_jax import sharding
+from attention_jax.diagnostics import answers
 from attention_jax.diagnostics import tasks
 from attention_jax.model import from_config
 from attention_jax.model.decoder_only import DecoderOnly
@@ -41,31 +44,44 @@ class DiagnosticTask:
                              self._config.seed, rows)
 
   def prepare_eval(self, mesh, rows: slice) -> None:
-    """The fixed validation and test sets of every setting."""
+    """The fixed validation and test sets of every setting.
+
+    Every process generates whole batches (cheap) and feeds its `rows` of
+    each; the evaluation's per-row sums come back for the whole batch, so
+    the bookkeeping reads the whole batch's settings and weights.
+    """
     config = self._config
     self._mesh = mesh
+    self._rows = rows
     self._splits = {
         split: tasks.eval_batches(self._task, config.data, split, examples,
-                                  config.batch_size, rows)
+                                  config.batch_size)
         for split, examples in (('valid', config.data.valid_examples),
                                 ('test', config.data.test_examples))}
 
   def _scores(self, eval_fn, params, split: str) -> dict:
-    """Loss and accuracies of `split`, overall and per setting."""
+    """Loss and accuracies of `split`, overall and per setting, and each
+    test sequence's setting index, correct answers and answers
+    ('sequences', [N, 3] int, in the split's fixed order)."""
     # Per setting: NLL, correct answers, answers, sequences all right, rows.
     sums = np.zeros((len(self._grid), 5))
+    sequences = []
     for batch in self._splits[split]:
       rows = jax.device_get(eval_fn(params, sharding.to_global(
-          {k: v for k, v in batch.items() if k != 'setting'}, self._mesh)))
+          {k: v[self._rows] for k, v in batch.items() if k != 'setting'},
+          self._mesh)))
       row_sums = np.stack([rows['nll'], rows['correct'], rows['answers'],
                            rows['correct'] == rows['answers'],
                            np.ones_like(rows['nll'])], -1)
       # Rows of weight 0 only fill up the last batch.
       asked = batch['weights'].sum(-1) > 0
       np.add.at(sums, batch['setting'][asked], row_sums[asked])
+      sequences.append(np.stack([batch['setting'], rows['correct'],
+                                 rows['answers']], -1)[asked])
     total = sums.sum(0)
     loss = total[0] / max(total[2], 1.0)
     return {
+        'sequences': np.concatenate(sequences).round().astype(np.int64),
         'loss': loss,
         'perplexity': math.exp(min(loss, 50.0)),
         'accuracy': total[1] / max(total[2], 1.0),
@@ -95,10 +111,18 @@ class DiagnosticTask:
       sequence_accuracy_by_setting keyed by 'length=L,items=D';
       accuracy_by_length and accuracy_by_<item> ('pairs' or 'tokens')
       keyed by the value, each the mean over the settings that have it.
+      Each test sequence's answers go to `workdir`/answers/test.csv
+      (setting, correct, answers; one row per sequence in the test set's
+      fixed order), which the study report resamples for its paired
+      bootstrap.
     """
-    del workdir
     valid = self._scores(eval_fn, params, 'valid')
     test = self._scores(eval_fn, params, 'test')
+    if jax.process_index() == 0:
+      os.makedirs(os.path.join(workdir, 'answers'), exist_ok=True)
+      run_records.write_text(
+          os.path.join(workdir, 'answers', 'test.csv'),
+          answers.to_csv(test['sequences'], [s.name for s in self._grid]))
     by_setting = dict(zip((s.name for s in self._grid),
                           test['by_setting'].tolist()))
 
