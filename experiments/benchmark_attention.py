@@ -397,10 +397,9 @@ def main(argv) -> None:
                 if attention.get(parse_variant(v)[0]).capabilities.causal]
   lengths = [int(length) for length in _LENGTHS.value]
   timed = set(_MODES.value) - {'decode'}
-  peak = flops.measure_matmul_peak() if timed else None
-  if peak:
-    # Recorded for the trainer's MFU, which uses the best known on this host.
-    best = flops.host_matmul_peak(peak)
+  peak = None
+  if timed:
+    peak, best = flops.measure_and_record_peak()
     print(f'Measured float32 matmul peak: {peak / 1e9:.1f} GFLOP/s (best '
           f'known on this host {best / 1e9:.1f})')
   # Shapes only, so every registered mechanism's cache, whatever is timed.

@@ -183,9 +183,7 @@ def main(argv) -> None:
   if _CHILD_LENGTH.value:
     _child_main(_CHILD_LENGTH.value)
     return
-  peak_gflops = flops.measure_matmul_peak() / 1e9
-  # Recorded for the trainer's MFU, which uses the best known on this host.
-  best = flops.host_matmul_peak(peak_gflops * 1e9) / 1e9
+  peak_gflops, best = (x / 1e9 for x in flops.measure_and_record_peak())
   print(f'Measured float32 matmul peak: {peak_gflops:.1f} GFLOP/s (best known '
         f'on this host {best:.1f}); '
         f"{'causal' if _CAUSAL.value else 'non-causal'}, "

@@ -128,9 +128,7 @@ def measure(form: str, chunked: bool, chunk_size: int, length: int) -> dict:
 def main(argv) -> None:
   del argv
   sizes = dict(item.split('=') for item in _CHUNK_SIZES.value)
-  peak = flops.measure_matmul_peak() / 1e9
-  # Recorded for the trainer's MFU, which uses the best known on this host.
-  best = flops.host_matmul_peak(peak * 1e9) / 1e9
+  peak, best = (x / 1e9 for x in flops.measure_and_record_peak())
   print(f'Measured float32 matmul peak: {peak:.1f} GFLOP/s (best known on '
         f'this host {best:.1f}); forward+backward, batch 1, {_HEADS} heads '
         f'of {_DEPTH}, float32.')

@@ -26,6 +26,19 @@ def test_host_peak_keeps_the_highest_rate_measured(tmp_path):
   assert jax.local_devices()[0].platform in key
 
 
+def test_a_measurement_is_recorded_and_the_best_known_returned(
+    tmp_path, monkeypatch):
+  # What the trainer and the benchmarks call: one measurement, recorded in
+  # the host's record, beside the best rate known.
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+  rates = iter([90e9, 30e9])
+  monkeypatch.setattr(flops, 'measure_matmul_peak', lambda: next(rates))
+  assert flops.measure_and_record_peak() == (90e9, 90e9)
+  assert flops.measure_and_record_peak() == (30e9, 90e9)
+  record = tmp_path / 'attention_jax' / 'matmul_peak.json'
+  assert list(json.loads(record.read_text()).values()) == [90e9]
+
+
 def test_an_unreadable_peak_record_is_replaced(tmp_path):
   path = tmp_path / 'matmul_peak.json'
   path.write_text('{"truncated')

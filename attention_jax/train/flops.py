@@ -87,6 +87,17 @@ def host_matmul_peak(measured: float, path: str | None = None) -> float:
   return best
 
 
+def measure_and_record_peak() -> tuple[float, float]:
+  """(this process's `measure_matmul_peak()`, the best known for this host
+  after recording it: `host_matmul_peak`), both in FLOP/s.
+
+  The trainer's MFU and the benchmarks' fractions of peak use the best
+  known: a process started while others load the CPU measures too low.
+  """
+  measured = measure_matmul_peak()
+  return measured, host_matmul_peak(measured)
+
+
 def machine_peak(per_device_peak: float) -> float:
   """Peak FLOP/s of all devices of all processes taking part in the run."""
   if jax.devices()[0].platform == 'cpu':

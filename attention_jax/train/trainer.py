@@ -145,8 +145,8 @@ def _train_and_evaluate(
     logging.info('The training step has a loop of run-time length: MFU from '
                  "XLA's count, which takes each loop body once (a lower "
                  'bound).')
-  measured = flops.measure_matmul_peak()
-  peak = flops.machine_peak(flops.host_matmul_peak(measured))
+  measured, best = flops.measure_and_record_peak()
+  peak = flops.machine_peak(best)
   logging.info(
       'Devices: %d over %d process(es) on %s; matmul peak %.1f GFLOP/s '
       '(measured now %.1f per process, the best known for this host is '
