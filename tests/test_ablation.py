@@ -17,6 +17,7 @@ import smoke_runs
 from tensorboardX.proto import plugin_hparams_pb2
 
 from attention_jax.ablation import report
+from attention_jax.ablation import report_text
 from attention_jax.ablation import runner
 from attention_jax.ablation import study as study_lib
 from attention_jax.decode import bleu
@@ -458,6 +459,26 @@ def test_report_of_a_diagnostic_study_compares_answer_accuracy(tmp_path):
                        runner.budgeted_config(study, gla, 0), ['a'], ['a'])
   with pytest.raises(ValueError, match='one study per task'):
     report.write_report(workdir, num_samples=10)
+
+
+def test_report_gives_a_chapter_studys_verse_level_scores():
+  def point(variant, seed, verse_bleu, misaligned):
+    results = {'test_bleu': 20.0, 'test_verse_bleu': verse_bleu,
+               'test_verse_chrf': 50.0, 'test_chapters': 52,
+               'test_chapters_misaligned': misaligned}
+    return report.PointRecord(f'{variant}/seed={seed}', variant, seed,
+                              runner.DONE, results, '', 1.0, [], None, None,
+                              '')
+
+  lines = report_text.chapter_lines([
+      point('softmax', 0, 10.0, 1), point('softmax', 1, 12.0, 0),
+      point('linear', 0, 6.0, 7)])
+  assert '| softmax | 2 | 11.00 ± 1.41 | 50.00 ± 0.00 | 1 of 104 |' in lines
+  assert '| linear | 1 | 6.00 ± – | 50.00 ± – | 7 of 52 |' in lines
+  # Sentence-level studies have no verse scores and no such table.
+  sentence_level = point('softmax', 0, 1.0, 0)
+  del sentence_level.results['test_verse_bleu']
+  assert not report_text.chapter_lines([sentence_level])
 
 
 def _run(flags, tmp_path, name) -> str:

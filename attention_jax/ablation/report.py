@@ -354,6 +354,7 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
       report_text.significance_text(rows, baseline, figure),
       '',
       *report_text.accuracy_by_setting_lines(records),
+      *report_text.chapter_lines(records),
       _explanation(figure, num_samples, memory_kind),
       '',
   ]
@@ -393,9 +394,12 @@ def _test_set_lines(records: list[PointRecord], base_config: dict,
   if figure is headline_lib.ACCURACY:
     return [f'- Test sequences scored: '
             f'{report_text.test_sequences_text(records)}.']
+  chapters = any('test_chapters' in r.results for r in records)
   return [
-      f'- Test sentences scored: '
-      f'{report_text.test_sentences_text(records, base_config)}.',
+      f'- Test {"chapters" if chapters else "sentences"} scored: '
+      f'{report_text.test_sentences_text(records, base_config)}'
+      + (' (the table\'s BLEU and chrF take a chapter as one segment; '
+         'verse-level scores follow it)' if chapters else '') + '.',
       f'- sacrebleu signatures: BLEU '
       f'{report_text.signature_text(records, "test_bleu_signature")}; chrF '
       f'{report_text.signature_text(records, "test_chrf_signature")}.',

@@ -215,3 +215,37 @@ def accuracy_by_setting_lines(records: list) -> list[str]:
              if any(s in b for b in by_setting) else '–' for s in settings]
     lines.append(f'| {variant} | ' + ' | '.join(cells) + ' |')
   return lines + ['']
+
+
+def chapter_lines(records: list) -> list[str]:
+  """A chapter-level study's verse-level scores per variant (the chapter
+  translations split back into verses, decode/chapter_scores.py); none
+  elsewhere."""
+  done = [r for r in records if r.status == runner.DONE
+          and 'test_verse_bleu' in r.results]
+  if not done:
+    return []
+  lines = ['Chapter translations scored verse by verse against the '
+           'sentence-level references (mean ± std over finished seeds; a '
+           'chapter whose translation lost or gained verse separators is '
+           'scored whole, as one segment, and counted as misaligned):',
+           '',
+           '| variant | seeds | test verse BLEU | test verse chrF '
+           '| chapters misaligned |',
+           '|---|---|---|---|---|']
+  for variant in dict.fromkeys(r.variant for r in done):
+    points = [r.results for r in done if r.variant == variant]
+
+    def spread(key, points=points):
+      values = [p[key] for p in points if key in p]
+      if not values:
+        return '–'
+      std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+      return f'{fmt(float(np.mean(values)))} ± {fmt(std)}'
+
+    misaligned = sum(p.get('test_chapters_misaligned', 0) for p in points)
+    chapters = sum(p.get('test_chapters', 0) for p in points)
+    lines.append(f'| {variant} | {len(points)} | {spread("test_verse_bleu")} '
+                 f'| {spread("test_verse_chrf")} '
+                 f'| {misaligned} of {chapters} |')
+  return lines + ['']
