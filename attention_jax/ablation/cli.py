@@ -36,7 +36,8 @@ _REUSE_FROM = flags.DEFINE_list(
 _EQUAL_TIME = flags.DEFINE_integer(
     'equal_time', 0,
     'Study only: compare points at this many seconds of training each '
-    '(config.num_train_steps becomes an upper bound). 0: at equal steps, '
+    '(config.num_train_steps becomes an upper bound); fair only when every '
+    'point has the machine to itself. 0: at equal steps, '
     'config.num_train_steps each.',
 )
 

@@ -15,7 +15,12 @@ Chapter-level translation (experiments/configs/bible_chapters.py: rows of
   exact).
 
 Points are compared at equal training time, not equal steps (a faster
-mechanism sees more chapters): give the runner the budget in seconds. The
+mechanism sees more chapters): give the runner the budget in seconds, and
+run the study alone on the machine. Equal time is equal opportunity only
+when every point has the same CPU: a point that shares it with other work
+trains fewer steps (a 180 s smoke of `hybrid` at 1024 beside two niced
+studies ran 26 steps, about 7 s each, so 1,800 s would not finish the 400
+warm-up steps). The
 report gives test BLEU of whole chapters, training and decoding tokens/s and
 peak memory per variant; each point's results.json adds the verse-level
 BLEU and chrF against the sentence-level references and the chapters whose
