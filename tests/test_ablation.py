@@ -461,6 +461,36 @@ def test_report_of_a_diagnostic_study_compares_answer_accuracy(tmp_path):
     report.write_report(workdir, num_samples=10)
 
 
+def test_report_of_an_equal_time_study_warns_of_unequal_cpu(tmp_path):
+  # At equal training time a point that shared the CPU trains less: the
+  # report says how much CPU each point's training had, and warns.
+  study = study_lib.load(_write_study(
+      tmp_path, "study.grid({'attention': ('model.attention', "
+      "('softmax', 'linear'))}, seeds=(0,))"))
+  workdir = str(tmp_path / 'study')
+  runner.write_manifest(study, workdir, [], 100)
+  references = ['In the beginning was the word .'] * 20
+  for name, cpu_seconds in (('attention=softmax/seed=0', 190.0),
+                            ('attention=linear/seed=0', 95.0)):
+    point = study.point(name)
+    path = runner.point_dir(workdir, point)
+    _finish_scored_point(path, runner.budgeted_config(study, point, 100),
+                         references, references)
+    with open(os.path.join(path, 'results.json')) as f:
+      results = json.load(f)
+    results.update(train_seconds=100.0, train_cpu_seconds=cpu_seconds)
+    with open(os.path.join(path, 'results.json'), 'w') as f:
+      json.dump(results, f)
+  text = report.write_report(workdir, num_samples=10)
+  assert ('- Budget: equal training time (100 s per point); the training '
+          'processes used 0.95 to 1.90 CPU seconds per second **Warning: '
+          'unequal CPU (attention=softmax/seed=0: 1.90, '
+          'attention=linear/seed=0: 0.95)') in text
+  points = {r['name']: r for r in _read_csv(
+      os.path.join(workdir, 'results.csv'))}
+  assert float(points['attention=linear/seed=0']['train_cpu_seconds']) == 95
+
+
 def test_report_gives_a_chapter_studys_verse_level_scores():
   def point(variant, seed, verse_bleu, misaligned):
     results = {'test_bleu': 20.0, 'test_verse_bleu': verse_bleu,

@@ -151,6 +151,9 @@ def test_training_resumes_and_reports_accuracy(tmp_path):
     return {r['step']: r['train/loss'] for r in records if 'train/loss' in r}
 
   assert losses('resumed') == losses('straight')
+  # The CPU time of the training steps is counted across the restart.
+  for results in (straight, resumed):
+    assert 0 < results['train_cpu_seconds'] < 64 * results['train_seconds']
   assert resumed['test_accuracy'] == straight['test_accuracy']
   assert set(resumed['accuracy_by_length']) == {'16', '32'}
   assert set(resumed['accuracy_by_pairs']) == {'2', '4'}

@@ -234,7 +234,7 @@ _POINT_COLUMNS = (
     'test_bleu_signature', 'test_chrf_signature', 'eval_loss', 'steps',
     'num_params', 'train_tokens_per_sec', 'peak_memory_bytes',
     'peak_memory_kind', 'test_decode_tokens_per_sec', 'train_seconds',
-    'wall_seconds', 'error',
+    'train_cpu_seconds', 'wall_seconds', 'error',
 )
 
 
@@ -324,6 +324,8 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
   done = sum(r.status == runner.DONE for r in records)
   reused = [r for r in records if r.reused_from]
   steps = sorted({r.results['steps'] for r in records if r.results})
+  if budget['kind'] == 'time':
+    budget_text += _cpu_share_text(records)
   if budget['kind'] == 'steps' and len(steps) > 1:
     budget_text += (
         f' **Warning: the finished points trained {steps} steps; points '
@@ -385,6 +387,32 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
   run_records.write_text(os.path.join(workdir, 'report.md'), text)
   logging.info('Wrote %s (%d of %d points finished).',
                os.path.join(workdir, 'report.md'), done, len(records))
+  return text
+
+
+# Points whose CPU seconds per training second differ by more than this
+# factor did not have the same machine: an equal-time comparison between
+# them measures their shares of the CPU as much as their mechanisms.
+UNEQUAL_CPU = 1.25
+
+
+def _cpu_share_text(records: list[PointRecord]) -> str:
+  """The CPU the finished points of an equal-time study had while training,
+  and a warning where it differed."""
+  shares = {r.name: r.results['train_cpu_seconds'] / r.results['train_seconds']
+            for r in records if r.status == runner.DONE
+            and r.results.get('train_cpu_seconds')
+            and r.results.get('train_seconds')}
+  if not shares:
+    return ''
+  low, high = min(shares, key=shares.get), max(shares, key=shares.get)
+  text = (f'; the training processes used {shares[low]:.2f} to '
+          f'{shares[high]:.2f} CPU seconds per second')
+  if shares[high] > UNEQUAL_CPU * shares[low]:
+    text += (f' **Warning: unequal CPU ({high}: {shares[high]:.2f}, {low}: '
+             f'{shares[low]:.2f}): other work shared the machine with some '
+             'points, so at equal time they trained less for that reason. '
+             'Rerun those points on an otherwise idle machine.**')
   return text
 
 

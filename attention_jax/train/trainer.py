@@ -101,12 +101,17 @@ def _train_and_evaluate(
       config.batch_size,
   )
   stream = task.train_stream(config.batch_size, rows)
-  train_seconds = 0.0
+  # Wall-clock seconds of training steps, and this process's CPU seconds in
+  # them (every thread): their ratio is the CPU the run had, which other
+  # work on the machine lowers.
+  train_seconds = train_cpu_seconds = 0.0
   restored = checkpointer.restore_latest(state, state_shardings)
   if restored is not None:
     latest, state, saved = restored
     stream.restore(saved['stream'])
     train_seconds = saved['train_seconds']
+    # Checkpoints written before CPU time was counted lack it: unknown.
+    train_cpu_seconds = saved.get('train_cpu_seconds')
     logging.info('Resumed from step %d (%s).', latest, checkpointer.path(latest))
   if is_chief:
     # Only once the checkpoint restored: a refused or failed resume leaves
@@ -157,6 +162,7 @@ def _train_and_evaluate(
 
   pending = None
   interval_start, interval_steps, interval_tokens = time.perf_counter(), 0, 0.0
+  interval_cpu_start = time.process_time()
   batch = first_batch
   step = int(state.step)
   time_limit = config.max_train_seconds or math.inf
@@ -195,6 +201,8 @@ def _train_and_evaluate(
         interval_tokens += last['target_tokens']
         elapsed = time.perf_counter() - interval_start
         train_seconds += elapsed
+        if train_cpu_seconds is not None:
+          train_cpu_seconds += time.process_time() - interval_cpu_start
         step_time = elapsed / interval_steps
         scalars = {
             'train/loss': last['loss'],
@@ -224,22 +232,25 @@ def _train_and_evaluate(
         interval_start, interval_steps, interval_tokens = (
             time.perf_counter(), 0, 0.0
         )
+        interval_cpu_start = time.process_time()
 
       if step % config.eval_every == 0 and not is_last:
-        eval_start = time.perf_counter()
+        eval_start, eval_cpu_start = time.perf_counter(), time.process_time()
         scalars, line = task.valid_scores(eval_fn, state.params,
                                           train_seconds)
         writer.write(step, {**scalars, 'train/seconds': train_seconds})
         logging.info('step %d | %s', step, line)
         # Evaluation time is not training time.
         interval_start += time.perf_counter() - eval_start
+        interval_cpu_start += time.process_time() - eval_cpu_start
 
       if step % config.checkpoint_every == 0 or is_last:
         if pending is not None:
           _check_finite(*pending, checkpointer)
         checkpointer.save(
             step, state,
-            {'stream': stream_position, 'train_seconds': train_seconds},
+            {'stream': stream_position, 'train_seconds': train_seconds,
+             'train_cpu_seconds': train_cpu_seconds},
         )
       if out_of_time:
         logging.info(
@@ -252,7 +263,8 @@ def _train_and_evaluate(
     _check_finite(*pending, checkpointer)
   if checkpointer.latest_step() != step:
     checkpointer.save(
-        step, state, {'stream': stream.state(), 'train_seconds': train_seconds}
+        step, state, {'stream': stream.state(), 'train_seconds': train_seconds,
+                      'train_cpu_seconds': train_cpu_seconds}
     )
   checkpointer.wait()
   if preempted:
@@ -278,6 +290,8 @@ def _train_and_evaluate(
       num_params=num_params,
       steps=step,
       train_seconds=train_seconds,
+      **({} if train_cpu_seconds is None else
+         {'train_cpu_seconds': train_cpu_seconds}),
       train_tokens_per_sec=_mean_tokens_per_sec(workdir),
       config=config.to_dict(),
   )
