@@ -299,16 +299,23 @@ def _finish_scored_point(path, config, hypotheses, references,
       f.writelines(line + '\n' for line in lines)
 
 
+def _study_workdir(tmp_path, attentions, seeds, equal_time=0):
+  """A study of `model.attention` over `attentions` and `seeds`, and its
+  workdir with study.json written (no point run)."""
+  study = study_lib.load(_write_study(
+      tmp_path, "study.grid({'attention': ('model.attention', "
+      f"{tuple(attentions)!r})}}, seeds={tuple(seeds)!r})"))
+  workdir = str(tmp_path / 'study')
+  runner.write_manifest(study, workdir, [], equal_time)
+  return study, workdir
+
+
 def test_report_of_one_seed_a_side_resamples_no_seeds(tmp_path):
   # A partial workdir: seed 0 of each side finished on the 60 sentences
   # eval.final_sentences limits the test split to; the variant differs from
   # the baseline in one word. Resampling one seed resamples nothing, so the
   # seed columns are n/a with the reason, not a copy of the sentence columns.
-  study = study_lib.load(_write_study(
-      tmp_path, "study.grid({'attention': ('model.attention', "
-      "('softmax', 'linear'))}, seeds=(0, 1))"))
-  workdir = str(tmp_path / 'study')
-  runner.write_manifest(study, workdir, [], 0)
+  study, workdir = _study_workdir(tmp_path, ('softmax', 'linear'), (0, 1))
   references = [f'Verse {i} tells of the earth and the waters above it .'
                 for i in range(60)]
   baseline_output = [r.replace('waters', 'water') if i % 3 else r
@@ -414,11 +421,8 @@ def test_report_of_a_diagnostic_study_compares_answer_accuracy(tmp_path):
   # The diagnostics study's points report answer accuracy and no BLEU; the
   # report's table, significance and header were BLEU's (empty columns,
   # sacrebleu signatures, no comparison).
-  study = study_lib.load(_write_study(
-      tmp_path, "study.grid({'attention': ('model.attention', "
-      "('softmax', 'linear', 'gla'))}, seeds=(0,))"))
-  workdir = str(tmp_path / 'study')
-  runner.write_manifest(study, workdir, [], 0)
+  study, workdir = _study_workdir(tmp_path, ('softmax', 'linear', 'gla'),
+                                  (0,))
   short, long = 'length=16,items=2', 'length=32,items=2'
   _finish_diagnostic_point(runner.point_dir(
       workdir, study.point('attention=softmax/seed=0')), {short: 40, long: 40})
@@ -464,11 +468,8 @@ def test_report_of_a_diagnostic_study_compares_answer_accuracy(tmp_path):
 def test_report_of_an_equal_time_study_warns_of_unequal_cpu(tmp_path):
   # At equal training time a point that shared the CPU trains less: the
   # report says how much CPU each point's training had, and warns.
-  study = study_lib.load(_write_study(
-      tmp_path, "study.grid({'attention': ('model.attention', "
-      "('softmax', 'linear'))}, seeds=(0,))"))
-  workdir = str(tmp_path / 'study')
-  runner.write_manifest(study, workdir, [], 100)
+  study, workdir = _study_workdir(tmp_path, ('softmax', 'linear'), (0,),
+                                  equal_time=100)
   references = ['In the beginning was the word .'] * 20
   for name, cpu_seconds in (('attention=softmax/seed=0', 190.0),
                             ('attention=linear/seed=0', 95.0)):
