@@ -11,6 +11,7 @@ import pytest
 from attention_jax.attention import chunked
 from attention_jax.attention import flash_blocks
 from attention_jax.attention import masks
+from attention_jax.train import flops
 
 H, D = 4, 8
 # float32 rounding of sums over at most a few dozen keys.
@@ -124,3 +125,21 @@ def test_score_bias_gradient_matches_jax_nn():
 
   for a, b in zip(grads(ours), grads(reference)):
     np.testing.assert_allclose(a, b, atol=_TOLERANCE)
+
+
+def test_matmul_flops_of_unbanded_attention_are_counted():
+  """Without a band every block loop has a static length, so the traced
+  count sees every block product (with run-time loop bounds it could not,
+  and benchmarks fell back to XLA's count of one loop body, about 1/16 of
+  the work at 16k): two products per block pair forward, five more
+  backward (FlashAttention-2's dV, dP, dQ, dK and the recomputed scores)."""
+  batch, length, chunk = 1, 32, 8
+  q, k, v = (_normal(i, (batch, length, H, D)) for i in range(3))
+  attend = lambda q, k, v: flash_blocks.flash_attention(  # noqa: E731
+      q, k, v, lambda i, j: jnp.ones((), bool), q_chunk=chunk,
+      kv_chunk=chunk)
+  product = 2 * batch * H * length * length * D
+  assert flops.traced_matmul_flops(attend, q, k, v) == 2 * product
+  assert flops.traced_matmul_flops(
+      jax.grad(lambda *a: attend(*a).sum(), argnums=(0, 1, 2)), q, k, v
+  ) == 7 * product

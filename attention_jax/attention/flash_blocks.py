@@ -98,8 +98,12 @@ class _Geometry:
   band: Band
 
   def kv_blocks(self, q_block):
-    """[first, stop) of the key blocks that query block `q_block` can see."""
+    """[first, stop) of the key blocks that query block `q_block` can see:
+    Python ints without a band (a loop of static length, which XLA knows
+    the trip count of), else arrays."""
     before, after = self.band
+    if before is None and after is None:
+      return 0, self.num_kv
     offset = self.kv_len - self.q_len
     start = 0 if before is None else (
         q_block * self.q_chunk + offset - before)
@@ -108,8 +112,11 @@ class _Geometry:
     return _block_range(start, end, self.kv_len, self.kv_chunk)
 
   def q_blocks(self, kv_block):
-    """[first, stop) of the query blocks that can see key block `kv_block`."""
+    """[first, stop) of the query blocks that can see key block `kv_block`
+    (Python ints without a band, as `kv_blocks`)."""
     before, after = self.band
+    if before is None and after is None:
+      return 0, self.num_q
     offset = self.kv_len - self.q_len
     start = 0 if after is None else kv_block * self.kv_chunk - offset - after
     end = self.q_len - 1 if before is None else (
