@@ -1,6 +1,6 @@
 """The markdown pieces of a study report (report.py): the results table,
-the significance summary and the header's lines. Records are
-report.PointRecord; rows are report.summarise's.
+the significance summary, the header's lines and the explanation of the
+columns. Records are report.PointRecord; rows are report.summarise's.
 """
 
 import math
@@ -249,3 +249,95 @@ def chapter_lines(records: list) -> list[str]:
                  f'| {spread("test_verse_chrf")} '
                  f'| {misaligned} of {chapters} |')
   return lines + ['']
+
+
+# Points whose CPU seconds per training second differ by more than this
+# factor did not have the same machine: an equal-time comparison between
+# them measures their shares of the CPU as much as their mechanisms.
+UNEQUAL_CPU = 1.25
+
+
+def cpu_share_text(records: list) -> str:
+  """The CPU the finished points of an equal-time study had while training,
+  and a warning where it differed."""
+  shares = {r.name: r.results['train_cpu_seconds'] / r.results['train_seconds']
+            for r in records if r.status == runner.DONE
+            and r.results.get('train_cpu_seconds')
+            and r.results.get('train_seconds')}
+  if not shares:
+    return ''
+  low, high = min(shares, key=shares.get), max(shares, key=shares.get)
+  text = (f'; the training processes used {shares[low]:.2f} to '
+          f'{shares[high]:.2f} CPU seconds per second')
+  if shares[high] > UNEQUAL_CPU * shares[low]:
+    text += (f' **Warning: unequal CPU ({high}: {shares[high]:.2f}, {low}: '
+             f'{shares[low]:.2f}): other work shared the machine with some '
+             'points, so at equal time they trained less for that reason. '
+             'Rerun those points on an otherwise idle machine.**')
+  return text
+
+
+def test_set_lines(records: list, base_config: dict,
+                   figure: headline_lib.Headline) -> list[str]:
+  """The header's lines on what the points were scored on."""
+  if figure is headline_lib.ACCURACY:
+    return [f'- Test sequences scored: '
+            f'{test_sequences_text(records)}.']
+  chapters = any('test_chapters' in r.results for r in records)
+  return [
+      f'- Test {"chapters" if chapters else "sentences"} scored: '
+      f'{test_sentences_text(records, base_config)}'
+      + (' (the table\'s BLEU and chrF take a chapter as one segment; '
+         'verse-level scores follow it)' if chapters else '') + '.',
+      f'- sacrebleu signatures: BLEU '
+      f'{signature_text(records, "test_bleu_signature")}; chrF '
+      f'{signature_text(records, "test_chrf_signature")}.',
+  ]
+
+
+def explanation(figure: headline_lib.Headline, num_samples: int,
+                memory_kind: str) -> str:
+  """What the results table's columns are and where they come from."""
+  if figure is headline_lib.ACCURACY:
+    scored = (
+        'Test answer accuracy is the share of the answer positions of the '
+        'test sequences (every length and item count of the data config, '
+        'the same sequences for every point) predicted exactly, '
+        '"sequences right" the share of sequences with every answer right '
+        '(attention_jax/train/diagnostic_task.py); mean ± sample standard '
+        'deviation over the finished seeds. Δ is the variant\'s mean '
+        'accuracy minus the baseline\'s, in accuracy (0-1); its 95% '
+        'interval (2.5th to 97.5th percentile) and p-value come from '
+        f'{num_samples} paired bootstrap resamples of the test sequences '
+        '(each point\'s answers/test.csv), each resample scoring every seed '
+        'of both sides on the same sequences (attention_jax/ablation/'
+        'significance.py).')
+    costs = ('Valid loss is the NLL of the answer tokens on the validation '
+             'sequences after training; train tok/s counts the tokens of '
+             'the training sequences.')
+  else:
+    scored = (
+        'Test BLEU and chrF are sacrebleu\'s corpus BLEU and chrF (chrF2) '
+        'on the test sentences scored (above), after the tokenizer\'s '
+        'normalisation of both sides (attention_jax/decode/bleu.py; '
+        'signatures above); mean ± sample standard deviation over the '
+        'finished seeds. Δ is the variant\'s mean BLEU minus the '
+        'baseline\'s; its 95% interval (2.5th to 97.5th percentile) and '
+        f'p-value come from {num_samples} paired bootstrap resamples of the '
+        'test sentences, each resample scoring every seed of both sides on '
+        'the same sentences (attention_jax/ablation/significance.py).')
+    costs = ('Valid loss is the token-level NLL on the whole validation '
+             'split after training; train tok/s counts target tokens; decode '
+             'tok/s counts output pieces of the test translation (beam '
+             'search).')
+  return (
+      f'{scored} That interval covers test-set sampling only; the "seeds '
+      'resampled too" interval and p-value also draw each side\'s seeds with '
+      'replacement, adding the spread of training runs (a rough allowance '
+      'with few seeds; n/a where a side has fewer than '
+      f'{significance.MIN_SEEDS} finished seeds, as one seed resamples '
+      'nothing). "vs best" is the gap to the best mean. Where a finished '
+      f'point of either side left no per-{figure.items[:-1]} record, the '
+      'variant is not compared (named under the table). '
+      f'{costs} Peak memory is {memory_kind} of the training process; wall '
+      's/point includes start-up, compilation and evaluation.')
