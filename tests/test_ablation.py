@@ -4,6 +4,7 @@ import csv
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -454,8 +455,17 @@ def test_report_of_a_diagnostic_study_compares_answer_accuracy(tmp_path):
       'test.csv'))
   text = report.write_report(workdir, num_samples=10)
   assert '| attention=linear | 1/1 | 0.625 ± – | 0.625 | – |' in text
-  assert ('attention=linear not compared: no per-sequence record '
-          '(translations/ or answers/) from attention=linear/seed=0.') in text
+  assert ('attention=linear not compared: no answers/test.csv from '
+          'attention=linear/seed=0 (finished before it was written; delete '
+          'its point directory and rerun the study to train it again).') in (
+              text)
+  # Nothing is compared while the baseline has not finished, and the report
+  # says so.
+  shutil.rmtree(runner.point_dir(
+      workdir, study.point('attention=softmax/seed=0')))
+  text = report.write_report(workdir, num_samples=10)
+  assert ('No variant could be compared with the baseline. The baseline '
+          '`attention=softmax` has no finished point yet.') in text
 
   # A translation point in the same study is refused by name.
   gla = study.point('attention=gla/seed=0')

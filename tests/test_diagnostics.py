@@ -203,3 +203,21 @@ def test_each_process_feeds_its_rows_and_counts_the_whole_batch(
   assert all(len(v) == 2 for batch in fed for v in batch.values())
   assert scores['by_setting'].tolist() == [0.0, 1.0]
   assert len(scores['sequences']) == 10
+
+
+def test_validation_between_log_steps_reports_the_time_trained(tmp_path):
+  # train_seconds grows at log steps only: a validation (or a checkpoint)
+  # between them reported the time of the last log step (0.0 before the
+  # first one).
+  config = _config(test_examples=8, valid_examples=8)
+  config.model.num_decoder_layers = 1
+  config.batch_size = 8
+  config.log_every, config.eval_every, config.checkpoint_every = 4, 2, 2
+  config.num_train_steps = 6
+  trainer.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / 'metrics.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  trained = {r['step']: r['train/seconds'] for r in records
+             if 'valid/loss' in r}
+  assert set(trained) == {2, 4}
+  assert 0 < trained[2] < trained[4]

@@ -94,8 +94,8 @@ def per_variant(path: str, rows: list[dict], baseline: str, key: str,
   ax.set_xticks(x, [r['variant'] for r in rows], rotation=35, ha='right',
                 fontsize=8)
   ax.set_ylabel(label)
-  ax.set_title(f'{label.capitalize()} per variant: mean ± std over seeds '
-               '(grey: baseline)')
+  ax.set_title(f'{label.capitalize()}: mean ± std over seeds\n'
+               '(grey: baseline)', fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

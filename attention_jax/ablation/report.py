@@ -197,9 +197,12 @@ def summarise(records: list[PointRecord], baseline: str,
     missing = unscored(variant) + (
         unscored(baseline) if variant != baseline else [])
     if missing and variant != baseline:
+      record = ('answers/test.csv' if figure is headline_lib.ACCURACY
+                else 'translations/test.txt')
       row['not_compared'] = (
-          f'no per-{figure.items[:-1]} record (translations/ or answers/) '
-          f'from {", ".join(missing)}')
+          f'no {record} from {", ".join(missing)} (finished before it was '
+          'written; delete its point directory and rerun the study to train '
+          'it again)')
     if (variant != baseline and variant_stats is not None
         and baseline_stats is not None):
       comparison = significance.paired_bootstrap(

@@ -22,8 +22,13 @@ def signatures(records: list, key: str) -> str:
 
 
 def fmt(value: float, digits: int = 2) -> str:
-  """`value` to `digits` decimals; '–' for None or NaN."""
-  return '–' if value is None or math.isnan(value) else f'{value:.{digits}f}'
+  """`value` to `digits` decimals ('0.00', never '-0.00'); '–' for None or
+  NaN."""
+  if value is None or math.isnan(value):
+    return '–'
+  text = f'{value:.{digits}f}'
+  # A tiny negative value rounds to '-0.00'.
+  return text[1:] if text.startswith('-') and float(text) == 0 else text
 
 
 def fmt_int(value: float) -> str:
@@ -100,8 +105,12 @@ def significance_text(
       f'{r["variant"]} not compared: {r["not_compared"]}.' for r in rows
       if r['not_compared'])
   if not compared:
+    base = next((r for r in rows if r['variant'] == baseline), None)
+    why = (f' The baseline `{baseline}` has no finished point yet.'
+           if base is not None and not base['finished'] else '')
     return ' '.join(filter(None, (
-        'No variant could be compared with the baseline.', not_compared)))
+        f'No variant could be compared with the baseline.{why}',
+        not_compared)))
   parts = [f'Of {len(compared)} variants compared with `{baseline}` at '
            f'p < {significance.LEVEL}:']
   for key, how in (('p_value', f'resampling test {figure.items}'),

@@ -234,11 +234,15 @@ def _train_and_evaluate(
         )
         interval_cpu_start = time.process_time()
 
+      # Training time up to this step: the logged intervals and the one
+      # under way (train_seconds alone lags by up to log_every steps).
+      trained = train_seconds + time.perf_counter() - interval_start
+      trained_cpu = None if train_cpu_seconds is None else (
+          train_cpu_seconds + time.process_time() - interval_cpu_start)
       if step % config.eval_every == 0 and not is_last:
         eval_start, eval_cpu_start = time.perf_counter(), time.process_time()
-        scalars, line = task.valid_scores(eval_fn, state.params,
-                                          train_seconds)
-        writer.write(step, {**scalars, 'train/seconds': train_seconds})
+        scalars, line = task.valid_scores(eval_fn, state.params, trained)
+        writer.write(step, {**scalars, 'train/seconds': trained})
         logging.info('step %d | %s', step, line)
         # Evaluation time is not training time.
         interval_start += time.perf_counter() - eval_start
@@ -249,8 +253,8 @@ def _train_and_evaluate(
           _check_finite(*pending, checkpointer)
         checkpointer.save(
             step, state,
-            {'stream': stream_position, 'train_seconds': train_seconds,
-             'train_cpu_seconds': train_cpu_seconds},
+            {'stream': stream_position, 'train_seconds': trained,
+             'train_cpu_seconds': trained_cpu},
         )
       if out_of_time:
         logging.info(
