@@ -17,6 +17,7 @@ import event_files
 import smoke_runs
 from tensorboardX.proto import plugin_hparams_pb2
 
+from attention_jax import attention
 from attention_jax.ablation import report
 from attention_jax.ablation import report_text
 from attention_jax.ablation import runner
@@ -646,6 +647,25 @@ def test_shipped_studies_load():
   )
   assert heads.variants == [f'heads={h}' for h in (1, 2, 4, 8, 16)]
   assert textwrap.dedent(heads.reference).startswith('Vaswani')
+
+
+def test_diagnostics_study_gives_the_linear_family_its_short_convolution():
+  path = os.path.join(smoke_runs.REPO, 'experiments', 'ablations',
+                      'diagnostics.py')
+  study = study_lib.load(path)
+  causal = [name for name in attention.names()
+            if attention.get(name).capabilities.causal]
+  assert study.variants == causal
+  assert len({p.seed for p in study.points}) == 3
+  convolved = set()
+  for point in study.points:
+    config = study.point_config(point)
+    config_check.check_config(config)
+    mechanism = config.model.attention
+    if config.model.options[mechanism].get('conv_size'):
+      convolved.add(mechanism)
+  assert convolved == {'retnet', 'gla', 'mamba2', 'deltanet',
+                       'gated_deltanet'}
 
 
 def test_long_context_study_points_check_at_every_row_length():
