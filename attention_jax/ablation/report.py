@@ -108,16 +108,6 @@ def read_point(workdir: str, entry: dict) -> PointRecord:
                      error, wall, valid_loss, stats, items, reused_from)
 
 
-def _mean(values: Sequence[float]) -> float:
-  values = [v for v in values if v is not None]
-  return float(np.mean(values)) if values else math.nan
-
-
-def _std(values: Sequence[float]) -> float:
-  """Sample standard deviation; nan for fewer than two values."""
-  return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-
-
 def summarise(records: list[PointRecord], baseline: str,
               num_samples: int = 1000,
               figure: headline_lib.Headline = headline_lib.BLEU,
@@ -165,28 +155,28 @@ def summarise(records: list[PointRecord], baseline: str,
         'variant': variant,
         'finished': len(done),
         'points': len(by_variant[variant]),
-        'test_bleu_mean': _mean(bleu),
-        'test_bleu_std': _std(bleu),
-        'test_chrf_mean': _mean(chrf),
-        'test_chrf_std': _std(chrf),
-        'test_accuracy_mean': _mean(accuracy),
-        'test_accuracy_std': _std(accuracy),
-        'test_sequence_accuracy_mean': _mean(sequences_right),
+        'test_bleu_mean': report_text.mean(bleu),
+        'test_bleu_std': report_text.sample_std(bleu),
+        'test_chrf_mean': report_text.mean(chrf),
+        'test_chrf_std': report_text.sample_std(chrf),
+        'test_accuracy_mean': report_text.mean(accuracy),
+        'test_accuracy_std': report_text.sample_std(accuracy),
+        'test_sequence_accuracy_mean': report_text.mean(sequences_right),
         'bleu_signature': report_text.signatures(
             done, 'test_bleu_signature'),
         'chrf_signature': report_text.signatures(
             done, 'test_chrf_signature'),
-        'valid_loss': _mean([r.results['eval_loss'] for r in done]),
-        'steps': _mean([r.results['steps'] for r in done]),
-        'num_params': _mean([r.results['num_params'] for r in done]),
-        'train_tokens_per_sec': _mean(
+        'valid_loss': report_text.mean([r.results['eval_loss'] for r in done]),
+        'steps': report_text.mean([r.results['steps'] for r in done]),
+        'num_params': report_text.mean([r.results['num_params'] for r in done]),
+        'train_tokens_per_sec': report_text.mean(
             [r.results.get('train_tokens_per_sec') for r in done]),
-        'peak_memory_mib': _mean(
+        'peak_memory_mib': report_text.mean(
             [r.results.get('peak_memory_bytes', math.nan) / 2**20
              for r in done]),
-        'decode_tokens_per_sec': _mean(
+        'decode_tokens_per_sec': report_text.mean(
             [r.results.get('test_decode_tokens_per_sec') for r in done]),
-        'wall_seconds': _mean([r.wall_seconds for r in done]),
+        'wall_seconds': report_text.mean([r.wall_seconds for r in done]),
         'difference': math.nan, 'ci_low': math.nan, 'ci_high': math.nan,
         'p_value': math.nan, 'seeds_ci_low': math.nan,
         'seeds_ci_high': math.nan, 'seeds_p_value': math.nan,

@@ -12,6 +12,17 @@ from attention_jax.ablation import runner
 from attention_jax.ablation import significance
 
 
+def mean(values) -> float:
+  """Mean of the values that are not None; nan when none are."""
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else math.nan
+
+
+def sample_std(values) -> float:
+  """Sample standard deviation (ddof 1); nan for fewer than two values."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
 def signatures(records: list, key: str) -> str:
   """The distinct sacrebleu signatures `key` of `records`, '; '-joined.
 
@@ -249,8 +260,7 @@ def chapter_lines(records: list) -> list[str]:
       values = [p[key] for p in points if key in p]
       if not values:
         return '–'
-      std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-      return f'{fmt(float(np.mean(values)))} ± {fmt(std)}'
+      return f'{fmt(mean(values))} ± {fmt(sample_std(values))}'
 
     misaligned = sum(p.get('test_chapters_misaligned', 0) for p in points)
     chapters = sum(p.get('test_chapters', 0) for p in points)
