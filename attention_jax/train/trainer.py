@@ -4,7 +4,6 @@ import functools
 import math
 import os
 import resource
-import time
 
 from absl import logging
 import jax
@@ -25,6 +24,7 @@ from attention_jax.train import run_config
 from attention_jax.train import steps
 from attention_jax.train import tasks
 from attention_jax.train import train_state
+from attention_jax.train import training_clock
 from attention_jax.train import workdir_lock
 from attention_jax.train.checkpoint import Checkpointer
 from attention_jax.train.metrics_writer import MetricsWriter
@@ -101,10 +101,8 @@ def _train_and_evaluate(
       config.batch_size,
   )
   stream = task.train_stream(config.batch_size, rows)
-  # Wall-clock seconds of training steps, and this process's CPU seconds in
-  # them (every thread): their ratio is the CPU the run had, which other
-  # work on the machine lowers.
-  train_seconds = train_cpu_seconds = 0.0
+  # Seconds of training steps so far (training_clock.py).
+  train_seconds, train_cpu_seconds = 0.0, 0.0
   restored = checkpointer.restore_latest(state, state_shardings)
   if restored is not None:
     latest, state, saved = restored
@@ -161,19 +159,19 @@ def _train_and_evaluate(
   )
 
   pending = None
-  interval_start, interval_steps, interval_tokens = time.perf_counter(), 0, 0.0
-  interval_cpu_start = time.process_time()
+  clock = training_clock.TrainingClock(train_seconds, train_cpu_seconds)
+  interval_steps, interval_tokens = 0, 0.0
   batch = first_batch
   step = int(state.step)
   time_limit = config.max_train_seconds or math.inf
   preempted = False
-  if is_chief and step < config.num_train_steps and train_seconds < time_limit:
+  if is_chief and step < config.num_train_steps and clock.wall < time_limit:
     # Training goes past an earlier end: its results no longer describe the
     # latest checkpoint (and would mark a study point finished).
     run_records.remove(os.path.join(workdir, 'results.json'))
   with (preemption.PreemptionWatcher() as watcher,
         profiling.StepTracer(workdir, config.profile_steps, step) as tracer):
-    while step < config.num_train_steps and train_seconds < time_limit:
+    while step < config.num_train_steps and clock.wall < time_limit:
       with tracer.step(step + 1):
         state, metrics = train_fn(state, batch)
       tracer.done(step + 1, (state, metrics))
@@ -185,9 +183,7 @@ def _train_and_evaluate(
       step += 1
       interval_steps += 1
       pending = (step, metrics)
-      out_of_time = (
-          train_seconds + time.perf_counter() - interval_start >= time_limit
-      )
+      out_of_time = clock.now()[0] >= time_limit
       preempted = watcher.should_stop(step)
       is_last = step == config.num_train_steps or out_of_time or preempted
       # Where a run resumed from this step's checkpoint must read on: the
@@ -199,10 +195,7 @@ def _train_and_evaluate(
         last = _check_finite(*pending, checkpointer)
         pending = None
         interval_tokens += last['target_tokens']
-        elapsed = time.perf_counter() - interval_start
-        train_seconds += elapsed
-        if train_cpu_seconds is not None:
-          train_cpu_seconds += time.process_time() - interval_cpu_start
+        elapsed = clock.lap()
         step_time = elapsed / interval_steps
         scalars = {
             'train/loss': last['loss'],
@@ -212,7 +205,7 @@ def _train_and_evaluate(
             'train/learning_rate': optim.applied_learning_rate(
                 schedule, step),
             'train/target_tokens_per_sec': interval_tokens / elapsed,
-            'train/seconds': train_seconds,
+            'train/seconds': clock.wall,
         }
         if step_flops:
           scalars['train/mfu'] = step_flops / step_time / peak
@@ -226,27 +219,19 @@ def _train_and_evaluate(
             f'{100 * scalars["train/mfu"]:.1f}%' if step_flops else 'n/a',
             progress.format_seconds(max(0.0, min(
                 step_time * (config.num_train_steps - step),
-                time_limit - train_seconds,
+                time_limit - clock.wall,
             ))),
         )
-        interval_start, interval_steps, interval_tokens = (
-            time.perf_counter(), 0, 0.0
-        )
-        interval_cpu_start = time.process_time()
+        interval_steps, interval_tokens = 0, 0.0
 
       # Training time up to this step: the logged intervals and the one
-      # under way (train_seconds alone lags by up to log_every steps).
-      trained = train_seconds + time.perf_counter() - interval_start
-      trained_cpu = None if train_cpu_seconds is None else (
-          train_cpu_seconds + time.process_time() - interval_cpu_start)
+      # under way (clock.wall alone lags by up to log_every steps).
+      trained, trained_cpu = clock.now()
       if step % config.eval_every == 0 and not is_last:
-        eval_start, eval_cpu_start = time.perf_counter(), time.process_time()
-        scalars, line = task.valid_scores(eval_fn, state.params, trained)
-        writer.write(step, {**scalars, 'train/seconds': trained})
-        logging.info('step %d | %s', step, line)
-        # Evaluation time is not training time.
-        interval_start += time.perf_counter() - eval_start
-        interval_cpu_start += time.process_time() - eval_cpu_start
+        with clock.paused():
+          scalars, line = task.valid_scores(eval_fn, state.params, trained)
+          writer.write(step, {**scalars, 'train/seconds': trained})
+          logging.info('step %d | %s', step, line)
 
       if step % config.checkpoint_every == 0 or is_last:
         if pending is not None:
@@ -267,8 +252,8 @@ def _train_and_evaluate(
     _check_finite(*pending, checkpointer)
   if checkpointer.latest_step() != step:
     checkpointer.save(
-        step, state, {'stream': stream.state(), 'train_seconds': train_seconds,
-                      'train_cpu_seconds': train_cpu_seconds}
+        step, state, {'stream': stream.state(), 'train_seconds': clock.wall,
+                      'train_cpu_seconds': clock.cpu}
     )
   checkpointer.wait()
   if preempted:
@@ -293,9 +278,8 @@ def _train_and_evaluate(
       **_peak_memory(),
       num_params=num_params,
       steps=step,
-      train_seconds=train_seconds,
-      **({} if train_cpu_seconds is None else
-         {'train_cpu_seconds': train_cpu_seconds}),
+      train_seconds=clock.wall,
+      **({} if clock.cpu is None else {'train_cpu_seconds': clock.cpu}),
       train_tokens_per_sec=_mean_tokens_per_sec(workdir),
       config=config.to_dict(),
   )
