@@ -20,6 +20,7 @@ import faulthandler
 import logging as stdlib_logging
 import os
 import signal
+import sys
 
 from absl import app
 from absl import flags
@@ -32,7 +33,10 @@ from attention_jax import distributed
 from attention_jax import translate
 from attention_jax.ablation import cli as study_cli
 from attention_jax.maps import cli as maps_cli
+from attention_jax.train import config_check
+from attention_jax.train import run_config
 from attention_jax.train import trainer
+from attention_jax.train import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file.', lock_config=True)
@@ -54,6 +58,11 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Process count.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index.')
 flags.adopt_module_key_flags(study_cli)
 flags.adopt_module_key_flags(maps_cli)
+
+# Refusals before any work is done: a config that cannot run, a checkpoint
+# of another config in the workdir, a workdir in use by another run.
+_REFUSALS = (config_check.ConfigError, run_config.ResumeRefusedError,
+             workdir_lock.WorkdirInUseError)
 
 _OWN_CODE = os.path.dirname(os.path.abspath(attention_jax.__file__)) + os.sep
 # Python deletes __file__ when the script ends; exit handlers still log.
@@ -83,18 +92,22 @@ def main(argv):
                jax.device_count())
   logging.info('Host allocator: GLIBC_TUNABLES=%r (see host_memory.py).',
                os.environ.get('GLIBC_TUNABLES', ''))
-  if _MODE.value == 'translate':
-    translate.translate_stdin(_WORKDIR.value)
-  elif _MODE.value == 'attend':
-    maps_cli.attend_stdin(_WORKDIR.value)
-  elif _MODE.value == 'attention_stats':
-    maps_cli.stats(_WORKDIR.value)
-  elif _CONFIG.value is None:
-    raise app.UsageError('--config is required for --mode=train.')
-  elif study is not None:
-    study_cli.train_point(study, _WORKDIR.value, trainer.train_and_evaluate)
-  else:
-    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    if _MODE.value == 'translate':
+      translate.translate_stdin(_WORKDIR.value)
+    elif _MODE.value == 'attend':
+      maps_cli.attend_stdin(_WORKDIR.value)
+    elif _MODE.value == 'attention_stats':
+      maps_cli.stats(_WORKDIR.value)
+    elif _CONFIG.value is None:
+      raise app.UsageError('--config is required for --mode=train.')
+    elif study is not None:
+      study_cli.train_point(study, _WORKDIR.value, trainer.train_and_evaluate)
+    else:
+      trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except _REFUSALS as e:
+    # The message names the problem and its fix; a traceback adds nothing.
+    sys.exit(f'{type(e).__name__}: {e}')
 
 
 if __name__ == '__main__':

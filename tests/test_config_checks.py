@@ -4,6 +4,8 @@ field and the valid choices; what is refused follows from the registries."""
 import glob
 import importlib
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -35,9 +37,21 @@ def _config(**model):
 
 
 def _refusal(config) -> str:
-  with pytest.raises(ValueError) as error:
+  with pytest.raises(config_check.ConfigError) as error:
     config_check.check_config(config)
   return str(error.value)
+
+
+def test_launch_prints_a_refused_config_without_a_traceback(tmp_path):
+  result = subprocess.run(
+      [sys.executable, 'launch.py', '--config=experiments/configs/mqar.py',
+       f'--workdir={tmp_path}', '--config.data.max_len=32'],
+      cwd=_REPO, capture_output=True, text=True, check=False,
+  )
+  assert result.returncode == 1
+  assert ('ConfigError: config.data.lengths=(64,) exceed '
+          'config.data.max_len=32') in result.stderr
+  assert 'Traceback' not in result.stderr
 
 
 def _place(name):

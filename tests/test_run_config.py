@@ -52,7 +52,7 @@ def test_incompatible_config_is_refused_before_anything_is_built(
   config.batch_size = 32
   config.num_train_steps = 7
   config.model.dtype = 'bfloat16'
-  with pytest.raises(ValueError) as error:
+  with pytest.raises(run_config.ResumeRefusedError) as error:
     trainer.train_and_evaluate(config, str(workdir))
   message = str(error.value)
   for change in ('config.model.num_heads: 4 -> 2',

@@ -22,6 +22,11 @@ from attention_jax.model import from_config
 from attention_jax.model.config import PLACES
 
 
+class ConfigError(ValueError):
+  """The config cannot run as given; the message names the field and the
+  fix."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Range:
   """The values a numeric field accepts: a type, bounds and special values.
@@ -148,7 +153,22 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the offending field and how to fix it."""
+  """Refuses a config that cannot run.
+
+  Raises:
+    ConfigError: naming the offending field and how to fix it (a ValueError;
+      the checks of the registries and tasks it calls raise ValueError, and
+      their messages are kept).
+  """
+  try:
+    _check_config(config)
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
   check_ranges(config)
   task = config.get('task', 'translation')
   if task == 'translation':

@@ -84,6 +84,11 @@ def _fixed_fields(flat: dict[str, Any]) -> list[str]:
   return fields
 
 
+class ResumeRefusedError(ValueError):
+  """The workdir's checkpoint was trained under a config that differs in a
+  field it depends on."""
+
+
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to resume the checkpoint in `workdir` under `config` if it differs.
 
@@ -92,7 +97,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   skipped.
 
   Raises:
-    ValueError: naming each differing field (old -> new) and the fix.
+    ResumeRefusedError: naming each differing field (old -> new) and the fix.
   """
   if not os.path.exists(_path(workdir)):
     return
@@ -106,7 +111,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
       if name in old and name in new and old[name] != new[name]
   ]
   if changes:
-    raise ValueError(
+    raise ResumeRefusedError(
         f'{workdir} holds a checkpoint of another model or data stream; '
         'these fields differ from the run that wrote it (old -> new):\n  '
         + '\n  '.join(changes)
