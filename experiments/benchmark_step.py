@@ -134,14 +134,15 @@ def _step(config, model):
 
 
 def _traced_flops(config, cfg, state, batch) -> float | None:
-  """FLOPs of one training step as traced, counted by XLA's CPU cost model.
+  """FLOPs of one training step as traced, counted by XLA's CPU cost model
+  (elementwise work included, each loop body once).
 
-  Reported beside the compiled program's own count (`flops.compiled_flops`,
-  which the trainer's MFU uses) because on GPU that one leaves out most of
-  the work of cuBLAS and cuDNN custom calls (for wmt14_base on an H100 it was
-  a sixth of this count), and GPU backends cannot count a program before
-  compiling it. The step is traced with XLA attention, whose FLOPs a fused
-  kernel does too, and lowered for the CPU, whatever the backend.
+  Reported beside the compiled program's own count (`flops.compiled_flops`),
+  which on GPU leaves out most of the work of cuBLAS and cuDNN custom calls
+  (for wmt14_base on an H100 it was a sixth of this count), and beside the
+  matmul count of the trainer's MFU (`flops.traced_matmul_flops`). The step
+  is traced with XLA attention, whose FLOPs a fused kernel does too, and
+  lowered for the CPU, whatever the backend.
   """
   step = _step(config, Transformer(cfg.replace(implementation='xla')))
   shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
@@ -182,6 +183,11 @@ def measure(config) -> dict:
   device_batches = [sharding.to_global(b, mesh) for b in host_batches]
 
   step_flops = _traced_flops(config, cfg, state, host_batches[0])
+  # The trainer's MFU: matmul FLOPs on the jaxpr (fused kernels included)
+  # against the measured matmul peak in the model's dtype.
+  matmul_flops = flops.traced_matmul_flops(train_fn, state, device_batches[0])
+  peak = flops.machine_peak(
+      flops.measure_and_record_peak(config.model.dtype)[1])
   start = time.perf_counter()
   compiled = train_fn.lower(state, device_batches[0]).compile()
   compile_seconds = time.perf_counter() - start
@@ -217,6 +223,11 @@ def measure(config) -> dict:
       'tflops_per_second': (
           step_flops / seconds_per_step / 1e12 if step_flops else None
       ),
+      'matmul_flops_per_step': matmul_flops,
+      'matmul_tflops_per_second': (
+          matmul_flops / seconds_per_step / 1e12 if matmul_flops else None),
+      'matmul_peak_tflops': peak / 1e12,
+      'mfu': matmul_flops / seconds_per_step / peak if matmul_flops else None,
       'steps_per_hour': 3600 / seconds_per_step,
       f'hours_for_{_HOURS_FOR}_steps': _HOURS_FOR * seconds_per_step / 3600,
       'peak_memory_gib': _peak_memory_gib(),

@@ -3,7 +3,10 @@
 import json
 
 import jax
+from jax.experimental import pallas as pl
+from jax.extend import core as jax_core
 import jax.numpy as jnp
+import numpy as np
 
 from attention_jax.train import flops
 
@@ -32,11 +35,25 @@ def test_a_measurement_is_recorded_and_the_best_known_returned(
   # the host's record, beside the best rate known.
   monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
   rates = iter([90e9, 30e9])
-  monkeypatch.setattr(flops, 'measure_matmul_peak', lambda: next(rates))
+  monkeypatch.setattr(flops, 'measure_matmul_peak',
+                      lambda dtype: next(rates))
   assert flops.measure_and_record_peak() == (90e9, 90e9)
   assert flops.measure_and_record_peak() == (30e9, 90e9)
   record = tmp_path / 'attention_jax' / 'matmul_peak.json'
   assert list(json.loads(record.read_text()).values()) == [90e9]
+
+
+def test_peaks_are_kept_per_dtype(tmp_path):
+  # A bfloat16 model's MFU is measured against a bfloat16 matmul: on a GPU
+  # a float32 (TF32) peak is about half of it.
+  path = str(tmp_path / 'matmul_peak.json')
+  assert flops.host_matmul_peak(100e9, path) == 100e9
+  assert flops.host_matmul_peak(40e9, path, dtype='bfloat16') == 40e9
+  assert flops.host_matmul_peak(30e9, path, dtype='bfloat16') == 40e9
+  with open(path) as f:
+    record = json.load(f)
+  assert sorted(record.values()) == [40e9, 100e9]
+  assert flops.measure_matmul_peak(size=64, repeats=2, dtype='bfloat16') > 0
 
 
 def test_an_unreadable_peak_record_is_replaced(tmp_path):
@@ -80,3 +97,49 @@ def test_traced_flops_are_unknown_for_a_loop_of_run_time_length():
   loop = lambda x: jax.lax.fori_loop(0, x[0, 0].astype(jnp.int32),
                                      lambda i, c: c @ x, x)
   assert flops.traced_matmul_flops(loop, x) is None
+
+
+def test_a_pallas_kernel_counts_its_body_times_its_grid():
+  # The kernel's jaxpr is one grid step: a [16, 32] x [32, 16] block
+  # product, run on a grid of 4 x 2 blocks.
+  def kernel(a_ref, b_ref, out_ref):
+    out_ref[...] = a_ref[...] @ b_ref[...]
+
+  def blocked_matmul(a, b):
+    return pl.pallas_call(
+        kernel, out_shape=jax.ShapeDtypeStruct((64, 32), jnp.float32),
+        grid=(4, 2),
+        in_specs=[pl.BlockSpec((16, 32), lambda i, j: (i, 0)),
+                  pl.BlockSpec((32, 16), lambda i, j: (0, j))],
+        out_specs=pl.BlockSpec((16, 16), lambda i, j: (i, j)),
+        interpret=True)(a, b)
+
+  a, b = jnp.ones((64, 32)), jnp.ones((32, 32))
+  assert flops.traced_matmul_flops(blocked_matmul, a, b) == 2 * 64 * 32 * 32
+  np.testing.assert_allclose(blocked_matmul(a, b), a @ b)
+
+
+def test_cudnn_fused_attention_is_counted_from_its_shapes():
+  # jax.nn.dot_product_attention(implementation='cudnn') cannot be traced
+  # without a GPU: a primitive of the same name and parameters stands in
+  # for its custom call, which holds no dot_general to count.
+  forward = jax_core.Primitive('dot_product_attention_fwd_wrapper')
+  forward.def_abstract_eval(lambda q, k, v, *, layout: q)
+  backward = jax_core.Primitive('dot_product_attention_bwd_wrapper')
+  backward.def_abstract_eval(lambda q, k, v, *, layout: q)
+  batch, q_len, kv_len, heads, kv_heads, depth = 2, 8, 12, 4, 2, 16
+  q = jnp.ones((batch, q_len, heads, depth))
+  kv = jnp.ones((batch, kv_len, kv_heads, depth))
+  # The XLA form's products: QKᵀ and PV, 2·B·N·T·S·d each.
+  product = 2 * batch * heads * q_len * kv_len * depth
+  assert flops.traced_matmul_flops(
+      lambda q, k, v: forward.bind(q, k, v, layout=0), q, kv, kv) == (
+          2 * product)
+  assert flops.traced_matmul_flops(
+      lambda q, k, v: backward.bind(q, k, v, layout=0), q, kv, kv) == (
+          4 * product)
+  # Heads before length (layout BNTH).
+  to_bnth = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731
+  assert flops.traced_matmul_flops(
+      lambda q, k, v: forward.bind(q, k, v, layout=1),
+      to_bnth(q), to_bnth(kv), to_bnth(kv)) == 2 * product

@@ -5,7 +5,9 @@ utilisation against it high (a study point started beside a test run once
 logged 8.3 GFLOP/s on a CPU that reaches 270, and an MFU of 102%). So the
 peak is the fastest of several single calls, and `host_matmul_peak` keeps
 the highest rate ever measured for the same device kind on this host, in a
-small JSON file under the user's cache directory.
+small JSON file under the user's cache directory. The peak is measured in
+the model's compute dtype: a bfloat16 model on a GPU measured against a
+float32 (TF32) matmul would report about twice its utilisation.
 """
 
 import json
@@ -21,8 +23,9 @@ from jax.extend import core as jax_core
 import jax.numpy as jnp
 
 
-def measure_matmul_peak(size: int = 2048, repeats: int = 10) -> float:
-  """FLOP/s of a float32 square matmul on this process's first device.
+def measure_matmul_peak(size: int = 2048, repeats: int = 10,
+                        dtype: str = 'float32') -> float:
+  """FLOP/s of a square matmul in `dtype` on this process's first device.
 
   The fastest of `repeats` timed calls, each waited for: a call that other
   processes slowed down does not lower it. On CPU all of a process's
@@ -30,7 +33,7 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 10) -> float:
   number; on accelerators it is per chip.
   """
   device = jax.local_devices()[0]
-  a = jax.device_put(jnp.ones((size, size), jnp.float32), device)
+  a = jax.device_put(jnp.ones((size, size), jnp.dtype(dtype)), device)
   matmul = jax.jit(lambda x: x @ x)
   matmul(a).block_until_ready()
   fastest = float('inf')
@@ -46,23 +49,28 @@ def _cache_path() -> str:
   return os.path.join(root, 'attention_jax', 'matmul_peak.json')
 
 
-def host_matmul_peak(measured: float, path: str | None = None) -> float:
-  """The highest matmul FLOP/s known for this host's device kind.
+def host_matmul_peak(measured: float, path: str | None = None, *,
+                     dtype: str = 'float32') -> float:
+  """The highest matmul FLOP/s known for this host's device kind and dtype.
 
   Args:
-    measured: this process's `measure_matmul_peak()`.
+    measured: this process's `measure_matmul_peak(dtype=dtype)`.
     path: the record (default: $XDG_CACHE_HOME or ~/.cache, then
       attention_jax/matmul_peak.json); a missing or unreadable one counts
       as empty and is rewritten.
+    dtype: the matmul's dtype.
 
   Returns:
     max(measured, the highest recorded for the same host, platform, device
-    kind and CPU count), which is recorded.
+    kind, CPU count and dtype), which is recorded.
   """
   path = path or _cache_path()
   device = jax.local_devices()[0]
   key = (f'{socket.gethostname()}|{device.platform}|{device.device_kind}|'
          f'{os.cpu_count()} cpus')
+  if jnp.dtype(dtype) != jnp.float32:
+    # float32 keeps the key of the records written before dtypes were.
+    key += f'|{jnp.dtype(dtype).name}'
   try:
     with open(path) as f:
       record = json.load(f)
@@ -87,15 +95,17 @@ def host_matmul_peak(measured: float, path: str | None = None) -> float:
   return best
 
 
-def measure_and_record_peak() -> tuple[float, float]:
-  """(this process's `measure_matmul_peak()`, the best known for this host
-  after recording it: `host_matmul_peak`), both in FLOP/s.
+def measure_and_record_peak(dtype: str = 'float32') -> tuple[float, float]:
+  """(this process's `measure_matmul_peak` in `dtype`, the best known for
+  this host and dtype after recording it: `host_matmul_peak`), both in
+  FLOP/s.
 
-  The trainer's MFU and the benchmarks' fractions of peak use the best
-  known: a process started while others load the CPU measures too low.
+  The trainer's MFU (in the model's dtype) and the benchmarks' fractions of
+  peak use the best known: a process started while others load the CPU
+  measures too low.
   """
-  measured = measure_matmul_peak()
-  return measured, host_matmul_peak(measured)
+  measured = measure_matmul_peak(dtype=dtype)
+  return measured, host_matmul_peak(measured, dtype=dtype)
 
 
 def machine_peak(per_device_peak: float) -> float:
@@ -123,9 +133,12 @@ def traced_matmul_flops(fn, *args) -> float | None:
   for 5.2), so it undercounts chunk loops, recurrences and micro-batch
   accumulation. This counts 2·M·N·K for every `dot_general` (batch
   dimensions included) and every convolution's multiply-adds, a `lax.scan`
-  body times its length, a `lax.cond` as its costliest branch, and the
-  insides of jit, checkpoint and custom-derivative calls. Elementwise work is
-  not counted (the model FLOPs of MFU).
+  body times its length, a `lax.cond` as its costliest branch, a Pallas
+  kernel's body times its grid, cuDNN's fused attention from its shapes
+  (`_fused_attention_flops`), and the insides of jit, checkpoint and
+  custom-derivative calls. Elementwise work is not counted (the model FLOPs
+  of MFU). XLA's cost analysis on GPU leaves out the cuBLAS and cuDNN custom
+  calls; this count sees the program before any backend rewrites it.
 
   Args:
     fn: the function; traced with `jax.make_jaxpr`, not run.
@@ -133,7 +146,8 @@ def traced_matmul_flops(fn, *args) -> float | None:
 
   Returns:
     The FLOPs, or None if `fn` holds a `lax.while_loop` (or a `fori_loop`
-    with traced bounds), whose trip count is not known before it runs.
+    with traced bounds), whose trip count is not known before it runs, or a
+    Pallas kernel with a grid of run-time size.
   """
   return _jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args).jaxpr)
 
@@ -155,16 +169,62 @@ def _jaxpr_matmul_flops(jaxpr) -> float | None:
       out_feature_axis = eqn.params['dimension_numbers'].rhs_spec[0]
       total += (2.0 * math.prod(eqn.outvars[0].aval.shape)
                 * math.prod(kernel) / kernel[out_feature_axis])
+    elif name in _FUSED_ATTENTION:
+      total += _fused_attention_flops(eqn)
     elif name == 'while':
       return None
     else:
-      times = eqn.params['length'] if name == 'scan' else 1
+      times = _repeats(eqn)
       inner = [_jaxpr_matmul_flops(sub) for sub in _subjaxprs(eqn)]
-      if any(flops is None for flops in inner):
+      if times is None or any(flops is None for flops in inner):
         return None
       if inner:
         total += times * (max(inner) if name == 'cond' else sum(inner))
   return total
+
+
+# jax.nn.dot_product_attention(implementation='cudnn'): one custom call per
+# direction and no dot_general inside, so its FLOPs come from the shapes.
+# The number of [T, S] score-sized products per query head, each counted at
+# 2·T·S times its depth: forward QKᵀ (d_qk) and PV (d_v); backward dQ, dK
+# (d_qk) and dP, dV (d_v), the model FLOPs without FlashAttention's
+# recomputation of the scores.
+_FUSED_ATTENTION = {
+    'dot_product_attention_fwd': 1, 'dot_product_attention_fwd_wrapper': 1,
+    'dot_product_attention_bwd': 2, 'dot_product_attention_bwd_wrapper': 2,
+}
+# jax._src.cudnn.fused_attention_stablehlo.AttentionLayout.BNTH.
+_LAYOUT_BNTH = 1
+
+
+def _fused_attention_flops(eqn) -> float:
+  """FLOPs of a cuDNN fused attention call from its query, key and value
+  shapes ([B, T, N, d] or, in layout BNTH, [B, N, T, d]), every query
+  against every key as XLA's form computes them (a causal kernel skips
+  about half: MFU then reads low by as much, like for the XLA form)."""
+  query, key, value = (v.aval.shape for v in eqn.invars[:3])
+  if eqn.params.get('layout') == _LAYOUT_BNTH:
+    (batch, heads, q_len, d_qk), kv_len = query, key[2]
+  else:
+    (batch, q_len, heads, d_qk), kv_len = query, key[1]
+  d_v = value[-1]
+  return (_FUSED_ATTENTION[eqn.primitive.name] * 2.0 * batch * heads * q_len
+          * kv_len * (d_qk + d_v))
+
+
+def _repeats(eqn) -> int | None:
+  """How many times an equation runs the jaxprs it calls: a scan its length,
+  a Pallas kernel (whose jaxpr is one grid step) its grid's size, None for a
+  grid sized at run time; anything else once."""
+  name = eqn.primitive.name
+  if name == 'scan':
+    return eqn.params['length']
+  if name == 'pallas_call':
+    grid = eqn.params['grid_mapping'].grid
+    if not all(isinstance(size, int) for size in grid):
+      return None
+    return math.prod(grid)
+  return 1
 
 
 def _subjaxprs(eqn):

@@ -148,14 +148,15 @@ def _train_and_evaluate(
     logging.info('The training step has a loop of run-time length: MFU from '
                  "XLA's count, which takes each loop body once (a lower "
                  'bound).')
-  measured, best = flops.measure_and_record_peak()
+  measured, best = flops.measure_and_record_peak(config.model.dtype)
   peak = flops.machine_peak(best)
   logging.info(
-      'Devices: %d over %d process(es) on %s; matmul peak %.1f GFLOP/s '
+      'Devices: %d over %d process(es) on %s; %s matmul peak %.1f GFLOP/s '
       '(measured now %.1f per process, the best known for this host is '
       'used); %.2f GFLOP per training step.',
       jax.device_count(), jax.process_count(), jax.devices()[0].platform,
-      peak / 1e9, measured / 1e9, (step_flops or 0) / 1e9,
+      config.model.dtype, peak / 1e9, measured / 1e9,
+      (step_flops or 0) / 1e9,
   )
 
   pending = None
