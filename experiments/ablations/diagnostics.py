@@ -40,7 +40,14 @@ REFERENCE = """\
 Arora et al. (2023), "Zoology" (sec. 3-4): gated convolutions and other
 efficient (sub-quadratic) language models fall short of attention on
 multi-query associative recall, and the gap grows with the number of
-key-value pairs relative to the model's width."""
+key-value pairs relative to the model's width.
+Yang et al. (2024), "Parallelizing Linear Transformers with the Delta Rule
+over Sequence Length" (abstract): linear transformers and state-space models
+"still underperform transformers especially on tasks that require in-context
+retrieval", while the delta rule (DeltaNet) has "been found to be more
+effective at associative recall". Yang et al. (2025), "Gated Delta
+Networks" (abstract): gating "enables rapid memory erasure while the delta
+rule facilitates targeted updates"."""
 
 MECHANISMS = [name for name in attention.names()
               if attention.get(name).capabilities.causal]
