@@ -147,8 +147,28 @@ def test_point_bookkeeping(tmp_path):
   with open(os.path.join(path, 'results.json')) as f:
     assert json.load(f)['max_train_seconds'] == 90  # The time budget.
   with open(os.path.join(path, 'attempts.jsonl')) as f:
-    outcomes = [json.loads(line)['outcome'] for line in f]
-  assert outcomes == ['failed', 'preempted', 'done']
+    attempts = [json.loads(line) for line in f]
+  assert [a['outcome'] for a in attempts] == ['failed', 'preempted', 'done']
+  # Each attempt names the code it ran: a study spans sessions and commits.
+  head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=smoke_runs.REPO,
+                        capture_output=True, text=True,
+                        check=True).stdout.strip()
+  assert all(a['commit'].startswith(head) for a in attempts)
+  assert runner.finishing_commit(path) == attempts[-1]['commit']
+
+
+def test_report_counts_the_finished_points_by_commit():
+  def record(status, commit):
+    return report.PointRecord(
+        'p', 'v', 0, status, {}, '', 0.0, [], None, None, '', commit)
+  records = [record(runner.DONE, 'a' * 40), record(runner.DONE, 'a' * 40),
+             record(runner.DONE, 'b' * 40 + '+modified'),
+             record(runner.DONE, None), record(runner.PENDING, None)]
+  assert report_text.point_commits_text(records) == (
+      'finished points by the commit of their finishing attempt: '
+      '`aaaaaaa` 2, `bbbbbbb+modified` 1, `not recorded` 1.')
+  assert report_text.point_commits_text(records[-1:]) == (
+      'no finished point yet.')
 
 
 def test_a_finished_points_log_line_fits_its_task():

@@ -53,6 +53,9 @@ class PointRecord:
   test_items: list[str] | None
   # The point directory of another study this one was copied from, if any.
   reused_from: str
+  # The code commit of the attempt that finished it (None: unfinished, or
+  # finished before commits were recorded per attempt).
+  commit: str | None = None
 
 
 def _read_lines(path: str) -> list[str] | None:
@@ -105,7 +108,8 @@ def read_point(workdir: str, entry: dict) -> PointRecord:
     except run_records.DamagedRecordError:
       reused_from = '(reused.json damaged)'
   return PointRecord(point.name, point.variant, point.seed, state, results,
-                     error, wall, valid_loss, stats, items, reused_from)
+                     error, wall, valid_loss, stats, items, reused_from,
+                     runner.finishing_commit(path))
 
 
 def summarise(records: list[PointRecord], baseline: str,
@@ -331,7 +335,8 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
       manifest['description'],
       '',
       f'- Command: `{manifest["command"]}`',
-      f'- Commit: `{manifest["commit"]}`',
+      f'- Commit: `{manifest["commit"]}` (of the latest run of the study); '
+      f'{report_text.point_commits_text(records)}',
       f'- Budget: {budget_text}.',
       f'- Points finished: {done} of {len(records)}; total wall time '
       f'{sum(r.wall_seconds for r in records) / 60:.1f} min.',

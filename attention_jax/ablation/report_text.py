@@ -3,6 +3,7 @@ the significance summary, the header's lines and the explanation of the
 columns. Records are report.PointRecord; rows are report.summarise's.
 """
 
+import collections
 import math
 
 import numpy as np
@@ -294,6 +295,19 @@ def cpu_share_text(records: list) -> str:
              'points, so at equal time they trained less for that reason. '
              'Rerun those points on an otherwise idle machine.**')
   return text
+
+
+def point_commits_text(records: list) -> str:
+  """The code commits the finished points ran at, with how many each."""
+  done = [r for r in records if r.status == runner.DONE]
+  counts = collections.Counter(
+      r.commit[:7] + ('+modified' if r.commit.endswith('+modified') else '')
+      if r.commit else 'not recorded' for r in done)
+  if not counts:
+    return 'no finished point yet.'
+  return ('finished points by the commit of their finishing attempt: '
+          + ', '.join(f'`{commit}` {n}' for commit, n in counts.items())
+          + '.')
 
 
 def test_set_lines(records: list, base_config: dict,

@@ -5,7 +5,8 @@ Layout of a study workdir:
   study.json                      the points, baseline, budget, command, commit
   points/<variant>/seed=<s>/      one trainer workdir per point, plus
       log.txt                     the point's output (appended per attempt)
-      attempts.jsonl              wall time and outcome of each attempt
+      attempts.jsonl              wall time, outcome and code commit of
+                                  each attempt
       error.json                  why the last attempt failed, if it did
       events.out.tfevents.*       its hyper-parameters and final scores for
                                   TensorBoard's HPARAMS tab (hparams.py)
@@ -73,6 +74,14 @@ def wall_seconds(path: str) -> float:
   """Seconds of all recorded attempts of the point whose workdir is `path`."""
   return sum(r.get('seconds', 0.0) for r in
              run_records.read_jsonl(os.path.join(path, 'attempts.jsonl')))
+
+
+def finishing_commit(path: str) -> str | None:
+  """The code commit of the attempt that finished the point in `path`; None
+  if it is unfinished or its attempts predate commits being recorded."""
+  finished = [r for r in run_records.read_jsonl(
+      os.path.join(path, 'attempts.jsonl')) if r.get('outcome') == DONE]
+  return finished[-1].get('commit') if finished else None
 
 
 def status(path: str) -> str:
@@ -179,7 +188,7 @@ def run_point(study: study_lib.Study, workdir: str, name: str,
   error_path = os.path.join(path, 'error.json')
   if os.path.exists(error_path):
     os.remove(error_path)
-  start = time.time()
+  start, commit = time.time(), _commit()
   outcome = 'preempted'
   # The trainer turns SIGTERM/SIGINT into a checkpoint while it trains;
   # outside that (loading, the final evaluation) the signal still ends the
@@ -200,7 +209,7 @@ def run_point(study: study_lib.Study, workdir: str, name: str,
       run_records.append_jsonl(os.path.join(path, 'attempts.jsonl'),
                                {'start': start,
                                 'seconds': time.time() - start,
-                                'outcome': outcome})
+                                'outcome': outcome, 'commit': commit})
   except _Stopped as stopped:
     # Dies by the signal, as the runner expects of a point it stopped.
     signal.signal(stopped.signum, signal.SIG_DFL)
