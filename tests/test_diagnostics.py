@@ -98,7 +98,7 @@ def test_decoder_only_model_is_causal(mechanism):
   assert not np.allclose(before[:, 9:], after[:, 9:])
 
 
-def test_softmax_learns_mqar():
+def test_softmax_learns_mqar(tmp_path):
   """Bar: >= 0.9 answer accuracy on 256 held-out sequences after 800 steps.
 
   MQAR with 4 pairs in 32 tokens, vocabulary 32, 2 layers of width 64,
@@ -126,8 +126,12 @@ def test_softmax_learns_mqar():
   eval_fn = jax.jit(functools.partial(
       task.eval_step,
       model=task.model_class(task.model_config.replace(deterministic=True))))
-  results = task.final_results(eval_fn, state.params, '')
+  results = task.final_results(eval_fn, state.params, str(tmp_path))
   assert results['test_accuracy'] >= 0.9, results
+  # Each test sequence's answers, for the study report's bootstrap.
+  _, answered = answers.read(str(tmp_path / 'answers' / 'test.csv'))
+  assert answered[:, 0].sum() / answered[:, 1].sum() == pytest.approx(
+      results['test_accuracy'])
 
 
 def test_training_resumes_and_reports_accuracy(tmp_path):
