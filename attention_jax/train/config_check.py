@@ -162,8 +162,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   """
   try:
     _check_config(config)
-  except ConfigError:
-    raise
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
