@@ -248,3 +248,30 @@ def test_forgetting_serves_both_self_attentions_but_not_cross_attention():
   message = _refusal(cross_attention='forgetting')
   assert ("config.model.cross_attention='forgetting' is not defined for "
           'cross-attention') in message
+
+
+def test_forgetting_gate_bias_starts_at_the_decay_times():
+  options = attention.MECHANISMS.options(
+      'forgetting', {'decay_time_min': 2.0, 'decay_time_max': 128.0})
+  shape = (1, 5, 4, DEPTH)
+  inputs = _inputs(jnp.zeros(shape), jnp.zeros(shape), jnp.zeros(shape))
+  params = nn.unbox(
+      _Core('forgetting', options).init(jax.random.key(0), inputs)['params'])
+  # Head h forgets at first as exp(-1/T_h): T = 2, 8, 32, 128 tokens.
+  log_f = jax.nn.log_sigmoid(params['forget_gate']['bias'])
+  np.testing.assert_allclose(-1 / log_f, [2.0, 8.0, 32.0, 128.0], rtol=1e-5)
+  # The default is the paper's: b_f = 0, f = 1/2.
+  default = nn.unbox(_Core('forgetting').init(jax.random.key(0), inputs))
+  np.testing.assert_array_equal(
+      default['params']['forget_gate']['bias'], np.zeros(4))
+
+
+@pytest.mark.parametrize('values', [
+    {'decay_time_min': 8.0},
+    {'decay_time_min': 64.0, 'decay_time_max': 8.0},
+    {'decay_time_min': -1.0, 'decay_time_max': 8.0},
+])
+def test_forgetting_refuses_a_bad_decay_time_range(values):
+  with pytest.raises(ValueError, match='config.model.options.forgetting: '
+                     r'decay_time_min=.* must both be 0'):
+    attention.MECHANISMS.options('forgetting', values)

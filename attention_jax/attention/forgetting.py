@@ -14,7 +14,12 @@ self-attention uses the bidirectional form of the same definition, sum of
 log f over the span between key and query: D_ij = sum of log f_l for l in
 (min(i, j), max(i, j)]. The paper defines no cross-attention form, so none
 is offered. As in the official code, w_f starts small (normal, std 0.02)
-and b_f at 0. This is the basic FoX; the "Pro" block's output gate, output
+and b_f at 0, so every gate starts near 1/2: a key 20 tokens back starts at
+2^-20 of its weight. The options `decay_time_min` / `decay_time_max` start
+b_f instead from decay times T (tokens), one per head spaced evenly in
+log T, with log sigmoid(b_f) = -1/T, so that a gate starts at
+f = exp(-1/T); the official code offers this init (its `fgate_bias_init`)
+for its data-independent gate ablations only. This is the basic FoX; the "Pro" block's output gate, output
 normalisation, QK-norm and key/value shifts are not included (the model's
 own `qk_norm` applies to the queries and keys as to softmax attention).
 
@@ -24,6 +29,7 @@ gates up to the query's own slot.
 """
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -33,6 +39,40 @@ from attention_jax import partitioning as part
 from attention_jax.attention import base
 from attention_jax.attention import registry
 from attention_jax.attention import softmax
+
+
+@dataclasses.dataclass(frozen=True)
+class ForgettingOptions:
+  """The forget gate's bias at initialisation (see the module docstring)."""
+
+  # Decay times in tokens of the first and last head's initial gate; both
+  # 0: b_f = 0 (the paper's default, f = 1/2).
+  decay_time_min: float = 0.0
+  decay_time_max: float = 0.0
+
+  def __post_init__(self):
+    times = (self.decay_time_min, self.decay_time_max)
+    if times != (0.0, 0.0) and not 0 < times[0] <= times[1]:
+      raise ValueError(
+          f'decay_time_min={times[0]} and decay_time_max={times[1]} must '
+          'both be 0 (gate bias 0, the paper\'s init) or satisfy 0 < '
+          'decay_time_min <= decay_time_max (decay times in tokens).')
+
+
+def decay_time_bias(decay_time_min: float, decay_time_max: float):
+  """Initializer of a gate bias b [H] with -1 / log sigmoid(b_h) = T_h.
+
+  T_h runs from decay_time_min to decay_time_max evenly in log T; a single
+  head gets decay_time_min. b = -log(exp(1/T) - 1), the inverse of
+  sigmoid(b) = exp(-1/T) (Lin et al., 2025, the data-independent gate's
+  init).
+  """
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    log_time_H = jnp.linspace(math.log(decay_time_min),
+                              math.log(decay_time_max), shape[0])
+    return (-jnp.log(jnp.expm1(jnp.exp(-log_time_H)))).astype(dtype)
+  return init
 
 
 def _decay(log_forget_BxHxK, query_slot_BxQ, causal: bool):
@@ -66,6 +106,7 @@ class Forgetting(base.Mechanism):
   Parameters: the frame's, plus 'forget_gate' (kernel [E, H], bias [H]).
   """
 
+  Options = ForgettingOptions
   # Scores as softmax attention's, with these differences.
   capabilities = dataclasses.replace(
       softmax.FAMILY_CAPABILITIES, cross_attention=False)
@@ -73,13 +114,18 @@ class Forgetting(base.Mechanism):
   def key_extras(self, module, inputs_kv_BxKxE, kv_positions_BxK, rotate,
                  num_heads):
     del kv_positions_BxK, rotate
+    if self.options.decay_time_min:
+      bias_init = decay_time_bias(self.options.decay_time_min,
+                                  self.options.decay_time_max)
+    else:
+      bias_init = nn.initializers.zeros
     # In float32: D sums thousands of these, so their rounding adds up.
     gate_logits_BxKxH = nn.DenseGeneral(
         features=num_heads,
         dtype=jnp.float32,
         kernel_init=part.init(nn.initializers.normal(0.02), part.EMBED,
                               part.HEADS),
-        bias_init=part.init(nn.initializers.zeros, part.HEADS),
+        bias_init=part.init(bias_init, part.HEADS),
         name='forget_gate',
         parent=module,
     )(inputs_kv_BxKxE.astype(jnp.float32))
