@@ -19,8 +19,9 @@ mechanism sees more chapters): give the runner the budget in seconds, and
 run the study alone on the machine. Equal time is equal opportunity only
 when every point has the same CPU: a point that shares it with other work
 trains fewer steps (a 180 s smoke of `hybrid` at 1024 beside two niced
-studies ran 26 steps, about 7 s each, so 1,800 s would not finish the 400
-warm-up steps). The
+studies ran 26 steps, about 7 s each). Alone on one pinned core, exact
+attention at 1024 takes about 8 s a step, so 1,800 s is about 220 steps;
+the config's warm-up is 50 steps for that reason. The
 report gives test BLEU of whole chapters, training and decoding tokens/s and
 peak memory per variant; each point's results.json adds the verse-level
 BLEU and chrF against the sentence-level references and the chapters whose
