@@ -112,7 +112,8 @@ def test_softmax_learns_mqar(tmp_path):
   model = task.model_class(task.model_config)
   tx, _ = optim.make_optimizer(config)
   # One of the 8 simulated devices: split 8 ways, the 800 small steps take
-  # 5x as long, and sharding is tested elsewhere.
+  # about 7x as long (99 ms against 13 ms a step), and sharding is tested
+  # elsewhere.
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   state, _ = train_state.create(model, tx, 0, mesh, 32,
                                 sharding.logical_rules(config.mesh), 1)

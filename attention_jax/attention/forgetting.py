@@ -19,9 +19,10 @@ and b_f at 0, so every gate starts near 1/2: a key 20 tokens back starts at
 b_f instead from decay times T (tokens), one per head spaced evenly in
 log T, with log sigmoid(b_f) = -1/T, so that a gate starts at
 f = exp(-1/T); the official code offers this init (its `fgate_bias_init`)
-for its data-independent gate ablations only. This is the basic FoX; the "Pro" block's output gate, output
-normalisation, QK-norm and key/value shifts are not included (the model's
-own `qk_norm` applies to the queries and keys as to softmax attention).
+for its data-independent gate ablations only. This is the basic FoX; the
+"Pro" block's output gate, output normalisation, QK-norm and key/value
+shifts are not included (the model's own `qk_norm` applies to the queries
+and keys as to softmax attention).
 
 The gates are key extras: computed per token by `key_extras` and kept per
 slot in the decoding cache, so a decoding step forms D from the cached
