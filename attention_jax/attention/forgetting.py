@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from attention_jax import partitioning as part
 from attention_jax.attention import base
+from attention_jax.attention import gate_inits
 from attention_jax.attention import registry
 from attention_jax.attention import softmax
 
@@ -72,7 +73,7 @@ def decay_time_bias(decay_time_min: float, decay_time_max: float):
     del key
     log_time_H = jnp.linspace(math.log(decay_time_min),
                               math.log(decay_time_max), shape[0])
-    return (-jnp.log(jnp.expm1(jnp.exp(-log_time_H)))).astype(dtype)
+    return (-gate_inits.inverse_softplus(jnp.exp(-log_time_H))).astype(dtype)
   return init
 
 

@@ -22,24 +22,8 @@ import jax.numpy as jnp
 
 from attention_jax import partitioning as part
 from attention_jax.attention import deltanet
+from attention_jax.attention import gate_inits
 from attention_jax.attention import registry
-
-# Mamba-2's ranges for A and for the step dt that dt_bias starts from.
-A_INIT_RANGE = (1.0, 16.0)
-DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4
-
-
-def _a_log_init(key, shape, dtype=jnp.float32):
-  return jnp.log(jax.random.uniform(key, shape, dtype, *A_INIT_RANGE))
-
-
-def _dt_bias_init(key, shape, dtype=jnp.float32):
-  log_dt = jax.random.uniform(key, shape, dtype, jnp.log(DT_MIN),
-                              jnp.log(DT_MAX))
-  dt = jnp.maximum(jnp.exp(log_dt), DT_FLOOR)
-  # The inverse of softplus, so that softplus(dt_bias) = dt.
-  return dt + jnp.log(-jnp.expm1(-dt))
-
 
 @registry.register('gated_deltanet')
 class GatedDeltaNet(deltanet.DeltaNet):
@@ -55,10 +39,12 @@ class GatedDeltaNet(deltanet.DeltaNet):
                                 rotate, num_heads)
     logits_BxKxH = deltanet.gate_projection(
         module, inputs_kv_BxKxE, num_heads, 'alpha')
-    a_log_H = module.param('a_log', part.init(_a_log_init, part.HEADS),
-                           (num_heads,), jnp.float32)
-    dt_bias_H = module.param('dt_bias', part.init(_dt_bias_init, part.HEADS),
-                             (num_heads,), jnp.float32)
+    a_log_H = module.param(
+        'a_log', part.init(gate_inits.mamba2_a_log, part.HEADS),
+        (num_heads,), jnp.float32)
+    dt_bias_H = module.param(
+        'dt_bias', part.init(gate_inits.mamba2_dt_bias, part.HEADS),
+        (num_heads,), jnp.float32)
     extras['log_alpha'] = -jnp.exp(a_log_H)[None, None] * jax.nn.softplus(
         logits_BxKxH + dt_bias_H[None, None])
     return extras

@@ -34,28 +34,11 @@ normalises the gated output).
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from attention_jax import partitioning as part
 from attention_jax.attention import decaying_state
+from attention_jax.attention import gate_inits
 from attention_jax.attention import registry
-
-A_RANGE = (1.0, 16.0)
-DELTA_RANGE = (0.001, 0.1)
-DELTA_FLOOR = 1e-4
-
-
-def _a_log_init(key, shape, dtype=jnp.float32):
-  return jnp.log(jax.random.uniform(key, shape, dtype, *A_RANGE))
-
-
-def _delta_bias_init(key, shape, dtype=jnp.float32):
-  """Inverse softplus of Delta drawn log-uniformly in DELTA_RANGE."""
-  low, high = np.log(DELTA_RANGE[0]), np.log(DELTA_RANGE[1])
-  delta = jnp.maximum(
-      jnp.exp(jax.random.uniform(key, shape, dtype, low, high)), DELTA_FLOOR)
-  return delta + jnp.log(-jnp.expm1(-delta))
-
 
 @registry.register('mamba2')
 class Mamba2(decaying_state.DecayingState):
@@ -73,11 +56,12 @@ class Mamba2(decaying_state.DecayingState):
         'delta', part.init(nn.initializers.variance_scaling(
             1 / 3, 'fan_in', 'uniform'), part.EMBED, part.HEADS),
         (width, num_heads), jnp.float32)
-    bias_H = module.param('delta_bias', part.init(_delta_bias_init,
-                                                  part.HEADS),
-                          (num_heads,), jnp.float32)
-    a_log_H = module.param('A_log', part.init(_a_log_init, part.HEADS),
-                           (num_heads,), jnp.float32)
+    bias_H = module.param(
+        'delta_bias', part.init(gate_inits.mamba2_dt_bias, part.HEADS),
+        (num_heads,), jnp.float32)
+    a_log_H = module.param(
+        'A_log', part.init(gate_inits.mamba2_a_log, part.HEADS),
+        (num_heads,), jnp.float32)
     # In float32: the decays multiply over thousands of tokens.
     delta_BxKxH = jax.nn.softplus(
         inputs_kv_BxKxE.astype(jnp.float32) @ kernel_ExH + bias_H[None, None])
