@@ -414,6 +414,9 @@ def test_report_of_one_seed_a_side_resamples_no_seeds(tmp_path):
       pytest.approx(scores.chrf))
   assert summary['attention=linear']['bleu_signature'] == (
       scores.bleu_signature)
+  # No diagnostic-task columns: a translation study has no answers.
+  assert not [c for c in list(summary['attention=linear'])
+              + list(linear) if 'accuracy' in c]
 
 
 def _finish_diagnostic_point(path, right_per_setting):
@@ -464,9 +467,21 @@ def test_report_of_a_diagnostic_study_compares_answer_accuracy(tmp_path):
   assert ('Resampling test sequences: significantly better: none; '
           'significantly worse: attention=linear') in text
   assert f'| attention=linear | 1.000 | 0.250 |' in text
+  assert ('Test answer accuracy per setting (mean over finished seeds; '
+          'length = tokens per sequence; mqar: items = key-value pairs):') in (
+              text)
   # The point without a finished run is listed, not compared.
   assert '| attention=gla | 0/1 | – ± – | – | – |' in text
   assert os.path.exists(os.path.join(workdir, 'accuracy.png'))
+  # Its CSV files have no translation columns (they were all empty).
+  with open(os.path.join(workdir, 'summary.csv')) as f:
+    summary_columns = next(csv.reader(f))
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    point_columns = next(csv.reader(f))
+  assert 'test_accuracy_mean' in summary_columns
+  assert 'test_accuracy' in point_columns
+  assert not [c for c in summary_columns + point_columns
+              if 'bleu' in c or 'chrf' in c or 'decode' in c]
 
   # A point finished before answers/test.csv was written: its variant's
   # mean stands, but a paired difference over the other seeds alone would

@@ -26,15 +26,31 @@ class Headline:
   # 'sentences' or 'sequences': what the test set's items are.
   items: str
   score: Callable[[np.ndarray], np.ndarray]
+  # The columns of results.csv and summary.csv that only this figure's task
+  # fills; a study of the other task leaves them out.
+  columns: tuple[str, ...] = ()
 
   def format(self, value: float) -> str:
     return f'{self.label} {value:.{self.digits}f}'
 
 
-BLEU = Headline('test_bleu', 'test BLEU', 2, 'sentences',
-                significance.bleu_from_stats)
-ACCURACY = Headline('test_accuracy', 'test answer accuracy', 3, 'sequences',
-                    significance.accuracy_from_stats)
+BLEU = Headline(
+    'test_bleu', 'test BLEU', 2, 'sentences', significance.bleu_from_stats,
+    columns=('test_bleu', 'test_chrf', 'test_bleu_signature',
+             'test_chrf_signature', 'test_decode_tokens_per_sec',
+             'test_bleu_mean', 'test_bleu_std', 'test_chrf_mean',
+             'test_chrf_std', 'bleu_signature', 'chrf_signature',
+             'decode_tokens_per_sec'))
+ACCURACY = Headline(
+    'test_accuracy', 'test answer accuracy', 3, 'sequences',
+    significance.accuracy_from_stats,
+    columns=('test_accuracy', 'test_sequence_accuracy', 'test_accuracy_mean',
+             'test_accuracy_std', 'test_sequence_accuracy_mean'))
+
+
+def other_task_columns(figure: Headline) -> tuple[str, ...]:
+  """The CSV columns a study compared by `figure` has no values for."""
+  return (ACCURACY if figure is BLEU else BLEU).columns
 
 
 def of_results(results: dict) -> Headline | None:

@@ -271,8 +271,11 @@ def write_report(workdir: str, num_samples: int = 1000) -> str:
         'reused_from': r.reused_from, 'error': r.error,
         **{k: v for k, v in r.results.items() if k in _POINT_COLUMNS},
     })
-  _write_csv(os.path.join(workdir, 'results.csv'), _POINT_COLUMNS, point_rows)
-  _write_csv(os.path.join(workdir, 'summary.csv'), list(rows[0]), rows)
+  unfilled = headline_lib.other_task_columns(figure)
+  _write_csv(os.path.join(workdir, 'results.csv'),
+             [c for c in _POINT_COLUMNS if c not in unfilled], point_rows)
+  _write_csv(os.path.join(workdir, 'summary.csv'),
+             [c for c in rows[0] if c not in unfilled], rows)
 
   kinds = {r.results.get('peak_memory_kind') for r in records if r.results}
   memory_kind = '/'.join(sorted(k for k in kinds if k)) or 'n/a'

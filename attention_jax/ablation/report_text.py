@@ -11,6 +11,7 @@ import numpy as np
 from attention_jax.ablation import headline as headline_lib
 from attention_jax.ablation import runner
 from attention_jax.ablation import significance
+from attention_jax.diagnostics import tasks as diagnostic_tasks
 
 
 def mean(values) -> float:
@@ -225,7 +226,13 @@ def accuracy_by_setting_lines(records: list) -> list[str]:
     return []
   settings = list(dict.fromkeys(
       s for r in done for s in r.results['accuracy_by_setting']))
-  lines = ['Test answer accuracy per setting (mean over finished seeds):',
+  tasks = sorted({r.results['task'] for r in done if 'task' in r.results})
+  counted = '; '.join(
+      f'{name}: items = {diagnostic_tasks.get(name).items_are}'
+      for name in tasks if name in diagnostic_tasks.TASKS)
+  lines = ['Test answer accuracy per setting (mean over finished seeds; '
+           f'length = tokens per sequence{"; " + counted if counted else ""}'
+           '):',
            '',
            '| variant | ' + ' | '.join(settings) + ' |',
            '|---' * (len(settings) + 1) + '|']

@@ -36,13 +36,16 @@ class Task:
   generate: Generator
   # Results report accuracy_by_<item> ('pairs' or 'tokens').
   item: str
+  # What a setting's `items=` counts, in words for reports.
+  items_are: str
 
 
 TASKS = {
-    'mqar': Task('mqar', recall.mqar, 'pairs'),
-    'noisy_recall': Task('noisy_recall', recall.noisy_recall, 'pairs'),
+    'mqar': Task('mqar', recall.mqar, 'pairs', 'key-value pairs'),
+    'noisy_recall': Task('noisy_recall', recall.noisy_recall, 'pairs',
+                         'key-value pairs'),
     'selective_copy': Task('selective_copy', selective_copy.generate,
-                           'tokens'),
+                           'tokens', 'tokens to copy'),
 }
 
 
