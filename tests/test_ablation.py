@@ -690,7 +690,7 @@ def test_diagnostics_study_gives_the_linear_family_its_short_convolution():
   study = study_lib.load(path)
   causal = [name for name in attention.names()
             if attention.get(name).capabilities.causal]
-  assert study.variants == causal
+  assert study.variants == causal + ['forgetting_decay_time=4-256']
   assert len({p.seed for p in study.points}) == 3
   convolved = set()
   for point in study.points:
@@ -701,6 +701,9 @@ def test_diagnostics_study_gives_the_linear_family_its_short_convolution():
       convolved.add(mechanism)
   assert convolved == {'retnet', 'gla', 'mamba2', 'deltanet',
                        'gated_deltanet'}
+  fox = study.point_config(study.point('forgetting_decay_time=4-256/seed=0'))
+  assert (fox.model.attention, fox.model.options.forgetting.to_dict()) == (
+      'forgetting', {'decay_time_min': 4.0, 'decay_time_max': 256.0})
 
 
 def test_long_context_study_points_check_at_every_row_length():
