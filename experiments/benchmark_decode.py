@@ -9,9 +9,14 @@
 Without --config the workload is the Flax WMT example's model (vocabulary
 8,000, width 256, 4 heads, 3+3 layers, MLP 1,024, float32) translating
 --batch random source rows of --source_len tokens with beam --beam for
---steps output tokens. With --config it is that config's model and `eval`
-settings (beam, length penalty, decode length and batch) translating the
-test split of its corpus (the first --max_sentences sentences). Parameters
+--steps output tokens. With --config it is that config's model sizes and
+`eval` settings (beam, length penalty, decode length and batch) translating
+the test split of its corpus (the first --max_sentences sentences). Either
+way the mechanism is exact softmax attention unless --attention names
+another (with its default options), e.g. a chapter-length decode with a
+windowed cache:
+  python -m experiments.benchmark_decode --attention=local --batch=8 \
+    --beam=2 --source_len=1024 --steps=1024 Parameters
 are the model's initialisation from seed 0, so translations are not
 meaningful, but the search runs the same steps as with trained ones and two
 checkouts produce comparable, hashable outputs.
@@ -78,6 +83,10 @@ _SOURCE_LEN = flags.DEFINE_integer(
     'source_len', 64, 'Source tokens per row (synthetic workload).')
 _STEPS = flags.DEFINE_integer(
     'steps', 64, 'Output tokens per hypothesis (synthetic workload).')
+_ATTENTION = flags.DEFINE_string(
+    'attention', None, 'Registry name of the mechanism used everywhere, with '
+    'its default options (none: the model default, exact softmax '
+    'attention). A --baseline checkout must know the name.')
 _REPEATS = flags.DEFINE_integer(
     'repeats', 3, 'Timed passes over the workload per process, after one '
     'untimed pass that compiles.')
@@ -102,7 +111,10 @@ def _synthetic_workload() -> dict:
   tokens = rng.integers(2, _VOCAB_SIZE, (_BATCH.value, _SOURCE_LEN.value),
                         dtype=np.int32)
   tokens[:, -1] = _EOS_ID
-  return dict(model=_WMT_MODEL, vocab_size=_VOCAB_SIZE,
+  model = dict(_WMT_MODEL)
+  if _ATTENTION.value:
+    model['attention'] = _ATTENTION.value
+  return dict(model=model, vocab_size=_VOCAB_SIZE,
               max_len=max(_SOURCE_LEN.value, _STEPS.value),
               beam_size=_BEAM.value, alpha=0.6,
               max_decode_len=_STEPS.value, batches=[tokens])
@@ -120,8 +132,11 @@ def _config_workload(path: str) -> dict:
   sp = spm.SentencePieceProcessor(model_file=vocab)
   sources = input_pipeline.encode(sp, [record[0] for record in test])
   max_len = max(config.data.max_len, config.eval.max_decode_len)
+  model = {name: config.model[name] for name in _WMT_MODEL}
+  if _ATTENTION.value:
+    model['attention'] = _ATTENTION.value
   return dict(
-      model={name: config.model[name] for name in _WMT_MODEL},
+      model=model,
       vocab_size=sp.vocab_size(), max_len=max_len,
       beam_size=config.eval.beam_size, alpha=config.eval.length_penalty,
       max_decode_len=config.eval.max_decode_len,

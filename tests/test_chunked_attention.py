@@ -199,3 +199,30 @@ def test_local_window_through_gradients(causal):
   expected = (offsets >= 0) if causal else np.ones_like(seen)
   expected &= np.abs(offsets) < window
   np.testing.assert_array_equal(seen, expected)
+
+
+@pytest.mark.parametrize('scheme', ['rope', 'alibi'])
+def test_local_decoding_keeps_a_ring_of_window_slots(scheme):
+  # Decoding keeps the latest `window` keys only; 11 steps wrap the ring of
+  # 4 slots twice, and every step equals the full causal pass (score biases
+  # read the positions the slots hold, not the slot order).
+  window, length = 4, 11
+  options = local.LocalOptions(window_size=window, chunk_size=2)
+  x = _normal(0, (2, length, E))
+  seg = jnp.ones((2, length), jnp.int32)
+  layer = _layer('local', options, causal=True, deterministic=True,
+                 position_scheme=scheme)
+  params = nn.unbox(layer.init(jax.random.key(1), x, x, seg, seg))['params']
+  full = layer.apply({'params': params}, x, x, seg, seg)
+  decoder = _layer('local', options, causal=True, deterministic=True,
+                   position_scheme=scheme, decode=True)
+  _, variables = decoder.apply({'params': params}, x, x, seg, seg,
+                               mutable=['cache'])
+  assert variables['cache']['cached_key'].shape == (2, H, window, D)
+  steps = []
+  for t in range(length):
+    out, variables = decoder.apply(
+        {'params': params, **variables}, x[:, t:t + 1], x[:, t:t + 1],
+        seg[:, t:t + 1], seg[:, t:t + 1], mutable=['cache'])
+    steps.append(out)
+  np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)

@@ -326,6 +326,22 @@ class Mechanism:
     """
     raise NotImplementedError
 
+  # Key/value-cache decoding (DecodingState.KV_CACHE).
+
+  def decoding_cache_slots(self, max_decode_len: int) -> int:
+    """How many of the latest keys a causal decoding step may read: all
+    `max_decode_len` here.
+
+    A mechanism whose query never sees a key more than N - 1 positions back
+    returns N (< max_decode_len): the frame then keeps only the latest N
+    keys, in a ring of N cache slots (position p in slot p mod N), and the
+    mask's key positions say which position each slot holds, so `attend`
+    must read positions from the mask, never from slot order. Cache memory
+    and the per-step work of attention and of beam search's cache
+    reordering then stay O(N) instead of O(max_decode_len).
+    """
+    return max_decode_len
+
   # Recurrent decoding (DecodingState.RECURRENT).
 
   def initial_state(self, module: nn.Module, key_BxKxGxD, value_BxKxGxD,

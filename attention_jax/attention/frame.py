@@ -18,7 +18,9 @@ output projection. With `num_kv_heads` equal to
 
 Decoding (`AttentionConfig.decode`): the first call with an empty cache sees
 the full decode length and only creates the cache (its output is zeros and
-unused); every later call consumes one token per row. Beam search reorders
+unused), of as many slots as the mechanism's `decoding_cache_slots` asks
+(a ring of the latest keys for windowed mechanisms); every later call
+consumes one token per row. Beam search reorders
 rows of every 'cache' leaf that leads with the batch; the step counter is a
 scalar, as every row is at the same step. Cross-attention's projected
 encoder memory is written by the creating call into the MEMORY collection
@@ -425,26 +427,36 @@ class MultiHeadAttention(nn.Module):
                dict(key=key_step, value=value_step, **extras).items()
                if x is not None}
     time_axis = {name: 2 if name in _HEAD_MAJOR else 1 for name in per_key}
+    # The creating call sees the whole decode length; a mechanism that
+    # reads only the latest keys keeps that many slots, as a ring.
+    num_slots = mechanism.decoding_cache_slots(length) if creating else None
     cached = {name: self.variable(
         'cache', f'cached_{name}', jnp.zeros,
-        _stored_shape(x.shape, time_axis[name]), x.dtype)
+        _stored_shape((batch, num_slots) + x.shape[2:], time_axis[name]),
+        x.dtype)
               for name, x in per_key.items()}
     if creating:
       return zeros
     index = cache_index.value
+    name = next(iter(cached))
+    num_slots = cached[name].value.shape[time_axis[name]]
     for name, x in per_key.items():
       cached[name].value = jax.lax.dynamic_update_slice_in_dim(
-          cached[name].value, jnp.moveaxis(x, 1, time_axis[name]), index,
-          axis=time_axis[name])
+          cached[name].value, jnp.moveaxis(x, 1, time_axis[name]),
+          index % num_slots, axis=time_axis[name])
     cache_index.value = index + 1
     read = {name: jnp.moveaxis(cached[name].value, time_axis[name], 1)
             for name in cached}
-    max_len = read['value' if 'value' in read else next(iter(read))].shape[1]
-    slots_BxK = _default_positions(batch, max_len)
-    # Filled slots form the row's one sentence; the rest are padding.
+    slots_BxK = _default_positions(batch, num_slots)
+    # Written slots form the row's one sentence, each holding the latest
+    # position p with p mod num_slots = slot (the slot itself until the
+    # ring wraps); the rest are padding.
+    written_BxK = slots_BxK <= index
     mask = masks.TokenMask(
-        jnp.ones((batch, 1), jnp.int32), (slots_BxK <= index).astype(jnp.int32),
-        step_positions, slots_BxK,
+        jnp.ones((batch, 1), jnp.int32), written_BxK.astype(jnp.int32),
+        step_positions,
+        jnp.where(written_BxK, index - (index - slots_BxK) % num_slots,
+                  slots_BxK),
     )
     cached_extras = {name: read[name] for name in extras}
     return self._attend(

@@ -8,10 +8,11 @@ never reaches into another sentence. Cross-attention compares two different
 sequences, where a window has no meaning, and stays full softmax attention.
 
 Training visits only the key chunks that overlap the band, so time and
-memory grow as length x window. Decoding keeps the frame's full key/value
-cache and masks it to the window; a ring buffer of `window` slots would save
-cache memory for decodes much longer than the window, which translation's
-sentence-length decodes are not.
+memory grow as length x window. Decoding keeps the latest `window_size`
+keys in a ring of that many cache slots (`decoding_cache_slots`), so a
+decoding step's attention, and beam search's reordering of the cache, cost
+O(window) however long the output grows (chapters of a thousand pieces and
+more).
 """
 
 import dataclasses
@@ -79,6 +80,9 @@ class Local(softmax.Softmax):
         module, inputs, min(self.options.chunk_size, window),
         self._restrict(inputs), index_band,
     )
+
+  def decoding_cache_slots(self, max_decode_len):
+    return min(self.options.window_size, max_decode_len)
 
   def reference_weights(self, params, inputs, path=()):
     return super().reference_weights(
