@@ -29,6 +29,7 @@ import jax
 from ml_collections import config_flags
 
 import attention_jax
+from attention_jax import config_overrides
 from attention_jax import distributed
 from attention_jax import translate
 from attention_jax.ablation import cli as study_cli
@@ -111,4 +112,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_overrides.parse_flags)

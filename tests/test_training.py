@@ -79,4 +79,8 @@ def test_misspelled_override_is_an_error():
       capture_output=True, text=True, check=False, cwd=REPO,
   )
   assert result.returncode != 0
-  assert 'num_haeds' in result.stderr
+  # One line naming the field and ml_collections' hint, no traceback.
+  assert result.stderr.startswith(
+      'Config override refused: no such field \'num_haeds\'. Did you mean '
+      '"num_heads"')
+  assert 'Traceback' not in result.stderr
