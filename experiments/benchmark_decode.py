@@ -16,8 +16,9 @@ way the mechanism is exact softmax attention unless --attention names
 another (with its default options), e.g. a chapter-length decode with a
 windowed cache:
   python -m experiments.benchmark_decode --attention=local --batch=8 \
-    --beam=2 --source_len=1024 --steps=1024 Parameters
-are the model's initialisation from seed 0, so translations are not
+    --beam=2 --source_len=1024 --steps=1024
+
+Parameters are the model's initialisation from seed 0, so translations are not
 meaningful, but the search runs the same steps as with trained ones and two
 checkouts produce comparable, hashable outputs.
 
@@ -239,6 +240,12 @@ def main(argv) -> None:
     workload = (_config_workload(_CONFIG.value) if _CONFIG.value
                 else _synthetic_workload())
     workload['batches'] = [b.tolist() for b in workload['batches']]
+    print(f'workload: {workload["model"].get("attention", "softmax")} '
+          f'attention, {sum(len(b) for b in workload["batches"])} sources in '
+          f'{len(workload["batches"])} batches of up to '
+          f'{max(len(row) for b in workload["batches"] for row in b)} '
+          f'tokens, beam {workload["beam_size"]}, up to '
+          f'{workload["max_decode_len"]} output tokens each')
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     checkouts = {'this': here}
     if _BASELINE.value:

@@ -134,7 +134,8 @@ def _default() -> ml_collections.ConfigDict:
   })
   # Whichever comes first ends training: this many steps, or this much
   # training time in seconds (0: no time limit). The default is the hour of
-  # the 2-core CPU quality bar, which covers about 4,800 steps there.
+  # the 2-core CPU quality bar, which covered about 3,600 steps there (the
+  # README's table); on a slower or shared CPU the hour ends sooner.
   config.num_train_steps = 6_000
   config.max_train_seconds = 3600
   config.log_every = 100
