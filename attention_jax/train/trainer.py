@@ -211,17 +211,18 @@ def _train_and_evaluate(
         if step_flops:
           scalars['train/mfu'] = step_flops / step_time / peak
         writer.write(step, scalars)
+        steps_left_s = step_time * (config.num_train_steps - step)
+        time_left_s = time_limit - clock.wall
         logging.info(
             'step %d/%d | loss %.3f | lr %.2e | %.0f tgt tok/s | MFU %s | '
-            'ETA %s',
+            'ETA %s%s',
             step, config.num_train_steps, last['loss'],
             scalars['train/learning_rate'],
             scalars['train/target_tokens_per_sec'],
             f'{100 * scalars["train/mfu"]:.1f}%' if step_flops else 'n/a',
-            progress.format_seconds(max(0.0, min(
-                step_time * (config.num_train_steps - step),
-                time_limit - clock.wall,
-            ))),
+            progress.format_seconds(max(0.0, min(steps_left_s, time_left_s))),
+            # Say which limit ends training when it is not the step count.
+            ' (max_train_seconds)' if time_left_s < steps_left_s else '',
         )
         interval_steps, interval_tokens = 0, 0.0
 
