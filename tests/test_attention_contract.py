@@ -322,6 +322,11 @@ def test_mechanism_is_complete(name):
   if state is base.DecodingState.NONE:
     assert not caps.causal
     assert _overrides(cls, 'summarise') and _overrides(cls, 'read')
+  if _overrides(cls, 'decoding_cache_slots'):
+    # A ring of the latest keys is a key/value cache, and the decoding tests
+    # above decode 6 tokens: its test options must make the ring wrap.
+    assert state is base.DecodingState.KV_CACHE
+    assert 1 <= _mechanism(name).decoding_cache_slots(6) < 6, name
   options = cls.Options()
   assert dataclasses.is_dataclass(options)
   assert dataclasses.fields(options) == () or options.__dataclass_params__.frozen
