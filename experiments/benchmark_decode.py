@@ -112,10 +112,7 @@ def _synthetic_workload() -> dict:
   tokens = rng.integers(2, _VOCAB_SIZE, (_BATCH.value, _SOURCE_LEN.value),
                         dtype=np.int32)
   tokens[:, -1] = _EOS_ID
-  model = dict(_WMT_MODEL)
-  if _ATTENTION.value:
-    model['attention'] = _ATTENTION.value
-  return dict(model=model, vocab_size=_VOCAB_SIZE,
+  return dict(model=dict(_WMT_MODEL), vocab_size=_VOCAB_SIZE,
               max_len=max(_SOURCE_LEN.value, _STEPS.value),
               beam_size=_BEAM.value, alpha=0.6,
               max_decode_len=_STEPS.value, batches=[tokens])
@@ -133,11 +130,8 @@ def _config_workload(path: str) -> dict:
   sp = spm.SentencePieceProcessor(model_file=vocab)
   sources = input_pipeline.encode(sp, [record[0] for record in test])
   max_len = max(config.data.max_len, config.eval.max_decode_len)
-  model = {name: config.model[name] for name in _WMT_MODEL}
-  if _ATTENTION.value:
-    model['attention'] = _ATTENTION.value
   return dict(
-      model=model,
+      model={name: config.model[name] for name in _WMT_MODEL},
       vocab_size=sp.vocab_size(), max_len=max_len,
       beam_size=config.eval.beam_size, alpha=config.eval.length_penalty,
       max_decode_len=config.eval.max_decode_len,
@@ -240,6 +234,8 @@ def main(argv) -> None:
     workload = (_config_workload(_CONFIG.value) if _CONFIG.value
                 else _synthetic_workload())
     workload['batches'] = [b.tolist() for b in workload['batches']]
+    if _ATTENTION.value:
+      workload['model']['attention'] = _ATTENTION.value
     print(f'workload: {workload["model"].get("attention", "softmax")} '
           f'attention, {sum(len(b) for b in workload["batches"])} sources in '
           f'{len(workload["batches"])} batches of up to '
