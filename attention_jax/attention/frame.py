@@ -438,8 +438,8 @@ class MultiHeadAttention(nn.Module):
     if creating:
       return zeros
     index = cache_index.value
-    name = next(iter(cached))
-    num_slots = cached[name].value.shape[time_axis[name]]
+    first = next(iter(cached))
+    num_slots = cached[first].value.shape[time_axis[first]]
     for name, x in per_key.items():
       cached[name].value = jax.lax.dynamic_update_slice_in_dim(
           cached[name].value, jnp.moveaxis(x, 1, time_axis[name]),
