@@ -36,6 +36,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from attention_jax import config_overrides
 from attention_jax import sharding
 from attention_jax.model import from_config
 from attention_jax.model.transformer import Transformer
@@ -186,4 +187,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_overrides.parse_flags)

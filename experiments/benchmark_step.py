@@ -49,6 +49,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from attention_jax import config_overrides
 from attention_jax import sharding
 from attention_jax.data import packing
 from attention_jax.model import from_config
@@ -315,4 +316,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_overrides.parse_flags)

@@ -72,15 +72,22 @@ def test_bad_config_is_refused_with_the_field_and_the_fix(data_dir):
     config_check.check_config(config)
 
 
-def test_misspelled_override_is_an_error():
+# Every entry point that takes --config.<field> overrides.
+@pytest.mark.parametrize('command', [
+    ['launch.py', '--workdir=/nonexistent'],
+    ['-m', 'experiments.benchmark_step'],
+    ['-m', 'experiments.benchmark_faults'],
+])
+def test_misspelled_override_is_an_error(command):
   result = subprocess.run(
-      [sys.executable, 'launch.py', '--config=experiments/configs/smoke.py',
-       '--workdir=/nonexistent', '--config.model.num_haeds=2'],
+      [sys.executable, *command, '--config=experiments/configs/smoke.py',
+       '--config.model.num_haeds=2'],
       capture_output=True, text=True, check=False, cwd=REPO,
+      env=dict(os.environ, ATTENTION_JAX_HUGE_PAGES='0'),
   )
-  assert result.returncode != 0
+  assert result.returncode == 1, result.stderr
   # One line naming the field and ml_collections' hint, no traceback.
   assert result.stderr.startswith(
       'Config override refused: no such field \'num_haeds\'. Did you mean '
-      '"num_heads"')
+      '"num_heads"'), result.stderr
   assert 'Traceback' not in result.stderr
