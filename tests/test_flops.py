@@ -43,6 +43,24 @@ def test_a_measurement_is_recorded_and_the_best_known_returned(
   assert list(json.loads(record.read_text()).values()) == [90e9]
 
 
+def test_peaks_are_kept_per_number_of_usable_cpus(tmp_path, monkeypatch):
+  # A process pinned to one core (taskset -c 0) is measured against a
+  # one-core peak: a two-core record would halve its reported MFU, and a
+  # one-core record would double an unpinned process's.
+  path = str(tmp_path / 'matmul_peak.json')
+  monkeypatch.setattr(flops.os, 'sched_getaffinity', lambda pid: {0, 1},
+                      raising=False)
+  assert flops.host_matmul_peak(200e9, path) == 200e9
+  monkeypatch.setattr(flops.os, 'sched_getaffinity', lambda pid: {0},
+                      raising=False)
+  assert flops.usable_cpus() == 1
+  assert flops.host_matmul_peak(100e9, path) == 100e9
+  with open(path) as f:
+    record = json.load(f)
+  assert sorted(record.values()) == [100e9, 200e9]
+  assert any(key.endswith('|1 cpus') for key in record)
+
+
 def test_peaks_are_kept_per_dtype(tmp_path):
   # A bfloat16 model's MFU is measured against a bfloat16 matmul: on a GPU
   # a float32 (TF32) peak is about half of it.

@@ -5,7 +5,9 @@ utilisation against it high (a study point started beside a test run once
 logged 8.3 GFLOP/s on a CPU that reaches 270, and an MFU of 102%). So the
 peak is the fastest of several single calls, and `host_matmul_peak` keeps
 the highest rate ever measured for the same device kind on this host, in a
-small JSON file under the user's cache directory. The peak is measured in
+small JSON file under the user's cache directory, per number of CPUs the
+process may run on (a study point pinned to one core with `taskset` is
+measured against a one-core peak, not the whole machine's). The peak is measured in
 the model's compute dtype: a bfloat16 model on a GPU measured against a
 float32 (TF32) matmul would report about twice its utilisation.
 """
@@ -44,6 +46,14 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 10,
   return 2 * size**3 / fastest
 
 
+def usable_cpus() -> int:
+  """CPUs this process may run on: its affinity mask (`taskset -c 0` gives
+  1), or the machine's count where the OS has no affinity call."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
 def _cache_path() -> str:
   root = os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache')
   return os.path.join(root, 'attention_jax', 'matmul_peak.json')
@@ -62,12 +72,13 @@ def host_matmul_peak(measured: float, path: str | None = None, *,
 
   Returns:
     max(measured, the highest recorded for the same host, platform, device
-    kind, CPU count and dtype), which is recorded.
+    kind, number of usable CPUs (`usable_cpus`) and dtype), which is
+    recorded.
   """
   path = path or _cache_path()
   device = jax.local_devices()[0]
   key = (f'{socket.gethostname()}|{device.platform}|{device.device_kind}|'
-         f'{os.cpu_count()} cpus')
+         f'{usable_cpus()} cpus')
   if jnp.dtype(dtype) != jnp.float32:
     # float32 keeps the key of the records written before dtypes were.
     key += f'|{jnp.dtype(dtype).name}'

@@ -152,10 +152,11 @@ def _train_and_evaluate(
   peak = flops.machine_peak(best)
   logging.info(
       'Devices: %d over %d process(es) on %s; %s matmul peak %.1f GFLOP/s '
-      '(measured now %.1f per process, the best known for this host is '
-      'used); %.2f GFLOP per training step.',
+      '(measured now %.1f per process on the %d CPU(s) it may use, the best '
+      'known for this host and CPU count is used); %.2f GFLOP per training '
+      'step.',
       jax.device_count(), jax.process_count(), jax.devices()[0].platform,
-      config.model.dtype, peak / 1e9, measured / 1e9,
+      config.model.dtype, peak / 1e9, measured / 1e9, flops.usable_cpus(),
       (step_flops or 0) / 1e9,
   )
 
