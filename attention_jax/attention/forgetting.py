@@ -152,9 +152,7 @@ class Forgetting(base.Mechanism):
         inputs.sink_logit_H, inputs.capture_weights)
 
   def reference(self, params, inputs, path=()):
-    _, value = softmax.reference_logits(inputs)
-    return softmax.reference_weighted_values(
-        self.reference_weights(params, inputs, path), value)
+    return softmax.reference_from_weights(self, params, inputs, path)
 
   def reference_weights(self, params, inputs, path=()):
     del path

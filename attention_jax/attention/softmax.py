@@ -145,6 +145,17 @@ def reference_weighted_values(weights_BxHxQxK, value_BxKxHxD):
                     value_BxKxHxD.astype(jnp.float32))
 
 
+def reference_from_weights(mechanism: base.Mechanism, params, inputs,
+                           path=()) -> jax.Array:
+  """out_i = sum_j w_ij v_j with w the mechanism's `reference_weights`:
+  the `reference` of a mechanism that only reweights softmax attention's
+  values, float32 [B, Q, H, D]."""
+  num_heads = inputs.query_BxQxHxD.shape[2]
+  return reference_weighted_values(
+      mechanism.reference_weights(params, inputs, path),
+      base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads))
+
+
 def reference_softmax_attention(logits_BxHxQxK, value_BxKxHxD, allowed,
                                 sink_logit_H=None):
   """softmax over allowed keys, then sum_j p_ij v_j, written plainly."""
@@ -207,7 +218,4 @@ class Softmax(base.Mechanism):
                                      inputs.sink_logit_H)
 
   def reference(self, params, inputs, path=()):
-    num_heads = inputs.query_BxQxHxD.shape[2]
-    return reference_weighted_values(
-        self.reference_weights(params, inputs, path),
-        base.repeat_kv_heads(inputs.value_BxKxGxD, num_heads))
+    return reference_from_weights(self, params, inputs, path)

@@ -86,9 +86,7 @@ class Softpick(base.Mechanism):
                                    inputs.dropout, inputs.capture_weights)
 
   def reference(self, params, inputs, path=()):
-    _, v = softmax.reference_logits(inputs)
-    return softmax.reference_weighted_values(
-        self.reference_weights(params, inputs, path), v)
+    return softmax.reference_from_weights(self, params, inputs, path)
 
   def reference_weights(self, params, inputs, path=()):
     del params, path

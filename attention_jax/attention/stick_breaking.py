@@ -81,9 +81,7 @@ class StickBreaking(base.Mechanism):
                                    inputs.dropout, inputs.capture_weights)
 
   def reference(self, params, inputs, path=()):
-    _, value = softmax.reference_logits(inputs)
-    return softmax.reference_weighted_values(
-        self.reference_weights(params, inputs, path), value)
+    return softmax.reference_from_weights(self, params, inputs, path)
 
   def reference_weights(self, params, inputs, path=()):
     del params, path
