@@ -33,6 +33,7 @@ if __name__ == '__main__':
   host_memory.reexec_with_huge_pages(unless_flag='--baseline')
 
 # pylint: disable=wrong-import-position
+import collections
 import functools
 import json
 import os
@@ -57,6 +58,7 @@ from attention_jax.train import config_check
 from attention_jax.model.transformer import Transformer
 from attention_jax.train import flops
 from attention_jax.train import optim
+from attention_jax.train import profiling
 from attention_jax.train import steps
 from attention_jax.train import train_state
 
@@ -76,6 +78,12 @@ _MEAN_SENTENCE = flags.DEFINE_integer(
 )
 _NUM_BATCHES = flags.DEFINE_integer(
     'num_batches', 4, 'Distinct batches the timed steps cycle through.'
+)
+_PROFILE_STEPS = flags.DEFINE_integer(
+    'profile_steps', 0,
+    'After the timed steps, trace this many more with jax.profiler and print '
+    'the XLA operations that took the most time per step (where the time '
+    'goes: matmul fusions, other fusions, copies).'
 )
 _JSON_OUT = flags.DEFINE_string(
     'json_out', None, 'Where to write the numbers as JSON.'
@@ -155,6 +163,30 @@ def _traced_flops(config, cfg, state, batch) -> float | None:
   return float(analysis['flops']) if analysis and 'flops' in analysis else None
 
 
+def _print_profile(compiled, state, batches, num_steps: int,
+                   shown: int = 15) -> None:
+  """Traces `num_steps` steps and prints the XLA operations that took the
+  most time, in ms per step and as a share of all operations' time."""
+  with tempfile.TemporaryDirectory() as log_dir:
+    with jax.profiler.trace(log_dir):
+      for i in range(num_steps):
+        state, metrics = compiled(state, batches[i % len(batches)])
+      jax.block_until_ready((state, metrics))
+    seconds = profiling.xla_op_seconds(log_dir)
+  total = sum(seconds.values())
+  print(f'XLA operations in {num_steps} traced steps: {total / num_steps * 1e3:,.1f} '
+        'ms per step summed over threads; the largest:')
+  for name, value in list(seconds.items())[:shown]:
+    print(f'{name:>40}: {value / num_steps * 1e3:8.1f} ms '
+          f'{value / total:6.1%}')
+  kinds = collections.Counter()
+  for name, value in seconds.items():
+    kinds[name.split('.')[0]] += value
+  print('By kind: ' + ', '.join(
+      f'{kind} {value / total:.1%}' for kind, value in kinds.most_common(8)),
+        flush=True)
+
+
 def measure(config) -> dict:
   """Compiles and times the training step of `config`; returns the numbers."""
   config_check.check_config(config)
@@ -205,6 +237,8 @@ def measure(config) -> dict:
   seconds_per_step = (time.perf_counter() - start) / _STEPS.value
   cpu_seconds_per_step = (time.process_time() - cpu_start) / _STEPS.value
   loss = float(metrics['loss'])
+  if _PROFILE_STEPS.value:
+    _print_profile(compiled, state, device_batches, _PROFILE_STEPS.value)
 
   return {
       'device': _device_summary(),

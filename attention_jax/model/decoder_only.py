@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from attention_jax import partitioning as part
 from attention_jax.attention import positions
 from attention_jax.model.config import TransformerConfig
+from attention_jax.model import tied_logits
 from attention_jax.model.transformer import DecoderLayer
 from attention_jax.model.transformer import default_positions
 from attention_jax.model.transformer import layer_norm
@@ -54,4 +55,4 @@ class DecoderOnly(nn.Module):
           x, None, segment_ids_BxL, None, positions_BxL, None)
     if cfg.pre_layer_norm:
       x = layer_norm(cfg, name='decoder_norm')(x)
-    return embed.attend(x).astype(jnp.float32)
+    return tied_logits.attend(embed, x).astype(jnp.float32)

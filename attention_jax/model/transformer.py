@@ -12,6 +12,7 @@ from attention_jax import partitioning as part
 from attention_jax.attention import positions
 from attention_jax.attention.frame import MultiHeadAttention
 from attention_jax.model.config import TransformerConfig
+from attention_jax.model import tied_logits
 
 
 def shift_right(targets_BxL, segment_ids_BxL=None):
@@ -242,7 +243,7 @@ class Transformer(nn.Module):
       )
     if cfg.pre_layer_norm:
       y = self.decoder_norm(y)
-    return self.embed.attend(y).astype(jnp.float32)
+    return tied_logits.attend(self.embed, y).astype(jnp.float32)
 
   def __call__(
       self,

@@ -7,6 +7,8 @@ workdir/profile` (with `pip install tensorboard-plugin-profile`) shows one
 run per process.
 """
 
+import collections
+import glob
 import os
 
 from absl import logging
@@ -68,3 +70,40 @@ class StepTracer:
     jax.profiler.stop_trace()
     logging.info('Profile of training steps %d-%d written to %s.',
                  self._start, self._last_traced, self.log_dir)
+
+
+def xla_op_seconds(log_dir: str, module_prefix: str = 'jit_') -> dict[str, float]:
+  """Seconds each XLA operation ran in the newest trace under `log_dir`.
+
+  Sums the events that XLA's runtime labels with an `hlo_op` (on the CPU
+  one per thunk: a YNNPACK/XNNPACK matmul fusion, a loop fusion, a copy),
+  over every thread that ran them, for HLO modules whose name starts with
+  `module_prefix`. Operations that ran concurrently on several threads
+  count once per thread, so the total can exceed the wall time.
+
+  Args:
+    log_dir: the directory `jax.profiler.trace` wrote.
+    module_prefix: which jitted programs count (`jit_train_step` for the
+      training step).
+
+  Returns:
+    {HLO operation name: seconds}, largest first.
+
+  Raises:
+    FileNotFoundError: no `.xplane.pb` under `log_dir`.
+  """
+  traces = sorted(glob.glob(os.path.join(log_dir, '**', '*.xplane.pb'),
+                            recursive=True), key=os.path.getmtime)
+  if not traces:
+    raise FileNotFoundError(f'No jax.profiler trace (*.xplane.pb) under '
+                            f'{log_dir}.')
+  seconds = collections.Counter()
+  profile = jax.profiler.ProfileData.from_file(traces[-1])
+  for plane in profile.planes:
+    for line in plane.lines:
+      for event in line.events:
+        stats = dict(event.stats)
+        if str(stats.get('hlo_module', '')).startswith(module_prefix) and (
+            'hlo_op' in stats):
+          seconds[str(stats['hlo_op'])] += event.duration_ns / 1e9
+  return dict(seconds.most_common())
