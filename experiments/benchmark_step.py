@@ -174,8 +174,9 @@ def _print_profile(compiled, state, batches, num_steps: int,
       jax.block_until_ready((state, metrics))
     seconds = profiling.xla_op_seconds(log_dir)
   total = sum(seconds.values())
-  print(f'XLA operations in {num_steps} traced steps: {total / num_steps * 1e3:,.1f} '
-        'ms per step summed over threads; the largest:')
+  print(f'XLA operations in {num_steps} traced steps: '
+        f'{total / num_steps * 1e3:,.1f} ms per step summed over threads; '
+        'the largest:')
   for name, value in list(seconds.items())[:shown]:
     print(f'{name:>40}: {value / num_steps * 1e3:8.1f} ms '
           f'{value / total:6.1%}')

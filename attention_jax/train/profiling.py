@@ -72,7 +72,8 @@ class StepTracer:
                  self._start, self._last_traced, self.log_dir)
 
 
-def xla_op_seconds(log_dir: str, module_prefix: str = 'jit_') -> dict[str, float]:
+def xla_op_seconds(log_dir: str,
+                   module_prefix: str = 'jit_') -> dict[str, float]:
   """Seconds each XLA operation ran in the newest trace under `log_dir`.
 
   Sums the events that XLA's runtime labels with an `hlo_op` (on the CPU
