@@ -8,8 +8,8 @@ the highest rate ever measured for the same device kind on this host, in a
 small JSON file under the user's cache directory, per number of CPUs the
 process may run on (a study point pinned to one core with `taskset` is
 measured against a one-core peak, not the whole machine's). The peak is
-measured in the model's compute dtype: a bfloat16 model on a GPU measured against a
-float32 (TF32) matmul would report about twice its utilisation.
+measured in the model's compute dtype: a bfloat16 model on a GPU measured
+against a float32 (TF32) matmul would report about twice its utilisation.
 """
 
 import json
